@@ -1,0 +1,752 @@
+"""Deep Reinforcement Learning: Pong from pixels, with TensorLayer 2.
+
+A policy network (80x80 difference frame -> 200 relu units -> 3 logits) learns
+to play Pong-v0 by policy gradient, as in Karpathy's "Pong from Pixels" and the
+TensorLayer tutorial it was ported to. Every point is logged; every
+`batch_size` episodes one RMSProp step is applied to
+tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
+
+    python tutorial_atari_pong.py             # train until Ctrl-C
+    python tutorial_atari_pong.py --resume    # carry on where it stopped
+    python tutorial_atari_pong.py --play 5    # watch the score of the policy
+    python tutorial_atari_pong.py --help      # every flag
+"""
+import argparse
+import contextlib
+import csv
+import datetime
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import warnings
+
+# Defaults: edit them here, or override them with the flags of the same name.
+render = False  # show the game in a window (needs a display)
+resume = False  # continue from the checkpoint in model_dir
+image_size = 80  # frames are cropped and downsampled to image_size x image_size
+hidden = 200  # units in the hidden layer
+batch_size = 10  # episodes per parameter update
+learning_rate = 1e-4
+gamma = 0.99  # discount factor for rewards
+decay_rate = 0.99  # RMSProp decay (Keras calls it rho)
+model_dir = "models"
+model_file_name = "model_pong"
+save_every = 100  # episodes between checkpoints (and progress lines)
+record_every = 100  # with --record, episodes between videos during training
+seed = 1
+envs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, batch_size)
+
+# TensorFlow and the emulator greet us with C++ logs and deprecation notices;
+# the tutorial's own lines are what a reader should see.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through
+    absl before it is initialised, which TF_CPP_MIN_LOG_LEVEL cannot stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with native_stderr_silenced():
+    import ale_py
+    import gymnasium as gym
+    import numpy as np
+    import tensorflow as tf
+    import tensorlayer as tl
+
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")  # v0's settings are the tutorial's
+gym.register_envs(ale_py)
+
+ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
+CHECKPOINT_FORMAT = 1
+UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable, or made for other settings."""
+
+
+def fail(message):
+    """One line on stderr and exit status 2, as argparse does for bad flags."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# --- Frames ----------------------------------------------------------------
+
+def prepro(frame):
+    """210x160x3 uint8 frame -> 6400 int8 vector: 1 where something is drawn.
+
+    Crop the playing field, keep every 2nd row and column of the red channel,
+    and erase the two background colours (144 and 109)."""
+    field = frame[35:195:2, ::2, 0]
+    return ((field != 144) & (field != 109)).astype(np.int8).ravel()
+
+
+def diff_frame(current, previous):
+    """What moved: current - previous (-1, 0 or 1), zeros on the first step."""
+    if previous is None:
+        return np.zeros_like(current)
+    return current - previous
+
+
+def sparse_frame(diff):
+    """A difference frame is ~99.7% zeros: keep the indices and signs of the rest."""
+    changed = np.flatnonzero(diff)
+    return changed.astype(np.int16), diff[changed]
+
+
+# --- Policy ----------------------------------------------------------------
+
+def build_policy(hidden_units, seed_value, input_size=image_size * image_size):
+    """The tutorial's network, Xavier/Glorot-uniform weights and zero biases."""
+    glorot = tf.keras.initializers.GlorotUniform
+    inputs = tl.layers.Input([None, input_size], name="input")
+    x = tl.layers.Dense(hidden_units, act=tf.nn.relu, W_init=glorot(seed=seed_value),
+                        b_init=tl.initializers.zeros(), name="hidden")(inputs)
+    outputs = tl.layers.Dense(len(ACTIONS), W_init=glorot(seed=seed_value + 1),
+                              b_init=tl.initializers.zeros(), name="output")(x)
+    return tl.models.Model(inputs=inputs, outputs=outputs, name="policy")
+
+
+def print_policy(model):
+    """The model and one line per parameter, in the tutorial's format."""
+    print(model)
+    for i, weight in enumerate(model.trainable_weights):
+        value = weight.numpy()
+        print(f"  param {i:3d}: {weight.name:20s} {str(value.shape):15s} {value.dtype.name} "
+              f"(mean: {value.mean():<18.12f}, median: {np.median(value):<18.12f}, std: {value.std():<18.12f})")
+    print(f"  num of params: {sum(int(np.prod(w.shape)) for w in model.trainable_weights)}")
+
+
+def weight_key(weight):
+    """'hidden/weights:0' -> 'hidden/weights', the name a checkpoint stores."""
+    return weight.name.split(":")[0]
+
+
+def policy_arrays(model):
+    """Numpy copies of [hidden W, hidden b, output W, output b] for acting."""
+    return [w.numpy() for w in model.trainable_weights]
+
+
+def action_probabilities(weights, changed, signs):
+    """Softmax of the policy for one sparse difference frame, in numpy.
+
+    The same layers as the TensorLayer model, but summing the ~20 rows of the
+    hidden weights that the frame selects instead of multiplying 6400 zeros."""
+    hidden_w, hidden_b, output_w, output_b = weights
+    activations = np.maximum(hidden_b + signs @ hidden_w[changed], 0)
+    logits = activations @ output_w + output_b
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+def sample_action(probs, rng):
+    """Draw STOP, UP or DOWN with the policy's probabilities."""
+    u = rng.random()
+    if u < probs[0]:
+        return ACTIONS[0]
+    if u < probs[0] + probs[1]:
+        return ACTIONS[1]
+    return ACTIONS[2]
+
+
+# --- Returns and the update ------------------------------------------------
+
+def discounted_returns(rewards, gamma_value):
+    """Discount each point's reward back to the steps that led to it."""
+    return tl.rein.discount_episode_rewards(np.asarray(rewards, np.float32), gamma_value)
+
+
+def standardise(returns):
+    """Zero mean, unit variance over the batch; all-equal returns become 0."""
+    returns = returns - returns.mean()
+    std = returns.std()
+    return returns / std if std > 0 else returns
+
+
+def sparse_logits(model, frames):
+    """The policy's logits for a tf.SparseTensor batch of difference frames."""
+    hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
+    activations = hidden_layer.act(tf.sparse.sparse_dense_matmul(frames, hidden_layer.W) + hidden_layer.b)
+    return output_layer(activations)
+
+
+def make_gradient_fn(model):
+    """A compiled function: gradient of the tutorial's loss on one chunk."""
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64),
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)])
+    def chunk_gradient(indices, values, n_steps, labels, returns):
+        frames = tf.SparseTensor(indices, values, tf.stack([n_steps, model.get_layer("hidden").W.shape[0]]))
+        with tf.GradientTape() as tape:
+            loss = tl.rein.cross_entropy_reward_loss(sparse_logits(model, frames), labels, returns)
+        return tape.gradient(loss, model.trainable_weights)
+    return chunk_gradient
+
+
+class Episode:
+    """One played episode, stored compactly: per step the indices and signs of
+    the changed pixels, the action label and the reward."""
+
+    def __init__(self, number, nnz, indices, signs, labels, rewards, seconds=0.0):
+        self.number, self.seconds = number, seconds
+        self.nnz, self.indices, self.signs = nnz, indices, signs
+        self.labels, self.rewards = labels, rewards
+
+    @property
+    def steps(self):
+        return len(self.labels)
+
+    @property
+    def points_won(self):
+        return int(np.count_nonzero(self.rewards > 0))
+
+    @property
+    def points_lost(self):
+        return int(np.count_nonzero(self.rewards < 0))
+
+    @property
+    def reward(self):
+        return float(self.rewards.sum())
+
+
+def concatenate(episodes):
+    """Join episodes into one batch (an Episode whose number is the first's)."""
+    join = lambda name, dtype: np.concatenate([getattr(e, name) for e in episodes] or [np.zeros(0, dtype)])
+    return Episode(episodes[0].number if episodes else 0, join("nnz", np.int16), join("indices", np.int16),
+                   join("signs", np.int8), join("labels", np.int8), join("rewards", np.int8))
+
+
+def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_steps=UPDATE_CHUNK_STEPS):
+    """One RMSProp step on the batch. The loss is a sum over steps, so the
+    gradient is accumulated chunk by chunk: exact, in bounded memory."""
+    returns = standardise(np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes]))
+    batch = concatenate(episodes)
+    row_ends = np.cumsum(batch.nnz, dtype=np.int64)
+    total = [tf.zeros_like(w) for w in model.trainable_weights]
+    for start in range(0, batch.steps, chunk_steps):
+        stop = min(start + chunk_steps, batch.steps)
+        lo, hi = (row_ends[start - 1] if start else 0), row_ends[stop - 1]
+        rows = np.repeat(np.arange(stop - start, dtype=np.int64), batch.nnz[start:stop])
+        indices = np.stack([rows, batch.indices[lo:hi].astype(np.int64)], axis=1)
+        grads = gradient_fn(indices, batch.signs[lo:hi].astype(np.float32), np.int64(stop - start),
+                            batch.labels[start:stop].astype(np.int32), returns[start:stop].astype(np.float32))
+        total = [t + g for t, g in zip(total, grads)]
+    optimizer.apply_gradients(zip(total, model.trainable_weights))
+    return batch.steps
+
+
+def make_optimizer(model, learning_rate_value, decay_rate_value):
+    optimizer = tf.keras.optimizers.RMSprop(learning_rate=learning_rate_value, rho=decay_rate_value)
+    optimizer.build(model.trainable_weights)
+    return optimizer
+
+
+def optimizer_slots(optimizer, model):
+    """RMSProp's state by name: its step count and one mean square per weight."""
+    slots = {"rmsprop/iterations": optimizer.iterations}
+    for weight in model.trainable_weights:
+        # Keras 3 keeps the slots in a list ordered like the weights it was built with.
+        slots["rmsprop/" + weight_key(weight)] = optimizer._velocities[optimizer._get_variable_index(weight)]
+    return slots
+
+
+# --- Checkpoints -----------------------------------------------------------
+
+def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
+    """Write weights, RMSProp state, counters and the unfinished batch to
+    path atomically: a temporary file, then os.replace."""
+    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
+    arrays.update({name: v.numpy() for name, v in optimizer_slots(optimizer, model).items()})
+    hidden_w = model.get_layer("hidden").W
+    arrays.update({
+        "state/format": np.int64(CHECKPOINT_FORMAT),
+        "state/episode": np.int64(episode),
+        "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
+        "config/input_size": np.int64(hidden_w.shape[0]),
+        "config/hidden": np.int64(hidden_w.shape[1]),
+    })
+    batch = concatenate(pending)
+    arrays.update({"pending/steps": np.array([e.steps for e in pending], np.int64),
+                   "pending/numbers": np.array([e.number for e in pending], np.int64),
+                   "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
+                   "pending/labels": batch.labels, "pending/rewards": batch.rewards})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
+    """Load and check a checkpoint (numpy only, no pickle). Raises CheckpointError."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
+    expected = {"hidden/weights": (input_size, hidden_units), "hidden/biases": (hidden_units,),
+                "output/weights": (hidden_units, len(ACTIONS)), "output/biases": (len(ACTIONS),),
+                "state/episode": (), "state/running_mean": ()}
+    for name, shape in expected.items():
+        if name not in arrays:
+            raise CheckpointError(f"{path} is not a checkpoint of this script (no '{name}')")
+        if arrays[name].shape != shape:
+            found = arrays["config/hidden"] if "config/hidden" in arrays else "?"
+            raise CheckpointError(f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
+                                  f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})")
+    return arrays
+
+
+def restore(arrays, model, optimizer):
+    """Assign a read checkpoint; return (episode, running mean, pending episodes)."""
+    for weight in model.trainable_weights:
+        weight.assign(arrays[weight_key(weight)])
+    if optimizer is not None:
+        for name, variable in optimizer_slots(optimizer, model).items():
+            if name in arrays:
+                variable.assign(arrays[name])
+    running_mean = float(arrays["state/running_mean"])
+    return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending_episodes(arrays)
+
+
+def pending_episodes(arrays):
+    """Split the checkpoint's unfinished batch back into episodes."""
+    if "pending/steps" not in arrays:
+        return []
+    episodes, step, nz = [], 0, 0
+    for number, steps in zip(arrays["pending/numbers"], arrays["pending/steps"]):
+        nnz = arrays["pending/nnz"][step:step + steps]
+        count = int(nnz.sum())
+        episodes.append(Episode(int(number), nnz, arrays["pending/indices"][nz:nz + count],
+                                arrays["pending/signs"][nz:nz + count], arrays["pending/labels"][step:step + steps],
+                                arrays["pending/rewards"][step:step + steps]))
+        step, nz = step + steps, nz + count
+    return episodes
+
+
+# --- Playing ---------------------------------------------------------------
+
+def make_env(env_seed, render_mode=None):
+    env = gym.make("Pong-v0", render_mode=render_mode)
+    env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
+    return env
+
+
+def open_video(path):
+    import imageio.v2 as imageio  # only needed with --record
+    return imageio.get_writer(path, fps=30, codec="libx264", macro_block_size=2, quality=7,
+                              ffmpeg_log_level="error")
+
+
+def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video_path=None):
+    """Play one episode with the policy; return it as an Episode, or None if
+    told to stop part-way. say() gets one line per point."""
+    observation, _ = env.reset()
+    video = open_video(video_path) if video_path else None
+    previous, game, started = None, 0, time.perf_counter()
+    point_started = started
+    nnz, indices, signs, labels, rewards = [], [], [], [], []
+    try:
+        while True:
+            if should_stop():
+                return None
+            if video is not None:
+                video.append_data(observation)
+            current = prepro(observation)
+            changed, changed_signs = sparse_frame(diff_frame(current, previous))
+            previous = current
+            action = sample_action(action_probabilities(weights, changed, changed_signs), rng)
+            observation, reward, terminated, truncated, _ = env.step(action)
+            nnz.append(len(changed))
+            indices.append(changed)
+            signs.append(changed_signs)
+            labels.append(action - 1)
+            rewards.append(reward)
+            if reward != 0:
+                now = time.perf_counter()
+                say(f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
+                    + ("  !!!!!!!!" if reward > 0 else ""))
+                game, point_started = game + 1, now
+            if terminated or truncated:
+                if video is not None:
+                    video.append_data(observation)
+                break
+    finally:
+        if video is not None:
+            video.close()
+    return Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
+                   np.array(labels, np.int8), np.array(rewards, np.int8), time.perf_counter() - started)
+
+
+def video_path_for(record_dir, number, every):
+    if record_dir is None or number % every:
+        return None
+    return os.path.join(record_dir, f"episode-{number:06d}.mp4")
+
+
+def seeds(*entropy):
+    """An emulator seed and an action-sampling generator from (seed, ...):
+    a resumed run draws fresh numbers instead of replaying the first run's."""
+    sequence = np.random.SeedSequence(list(entropy))
+    return int(sequence.generate_state(1)[0]), np.random.default_rng(sequence)
+
+
+class LocalPlayer:
+    """--envs 1: the plain sequential loop, in this process."""
+
+    def __init__(self, entropy, render_mode=None, record_dir=None, record_every=1):
+        env_seed, self.rng = seeds(*entropy)
+        self.env = make_env(env_seed, render_mode)
+        self.record_dir, self.record_every = record_dir, record_every
+
+    def play(self, weights, numbers, say, should_stop):
+        for number in numbers:
+            episode = play_episode(self.env, weights, self.rng, number, say, should_stop,
+                                   video_path_for(self.record_dir, number, self.record_every))
+            if episode is None:
+                return
+            yield episode
+
+    def close(self):
+        self.env.close()
+
+
+def worker_main(connection, entropy, record_dir, record_every):
+    """A worker process: plays the episodes it is sent with the weights it was
+    last sent, and sends back point lines and finished episodes."""
+    os.setsid()  # Ctrl-C goes to the trainer, which stops the workers itself
+    try:
+        player = LocalPlayer(entropy, None, record_dir, record_every)
+        weights = None
+        while True:
+            kind, payload = connection.recv()
+            if kind == "weights":
+                weights = payload
+            elif kind == "play":
+                for episode in player.play(weights, [payload], lambda line: connection.send(("line", line)),
+                                           lambda: False):
+                    connection.send(("episode", episode))
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass  # the trainer has gone: nothing left to do
+
+
+class WorkerPool:
+    """--envs K > 1: K worker processes play a batch's episodes concurrently,
+    each whole episode in one process, all with the same weights."""
+
+    def __init__(self, count, entropy, record_dir=None, record_every=1):
+        # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
+        context = multiprocessing.get_context("fork")
+        self.connections, self.processes = [], []
+        for i in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=worker_main, args=(theirs, entropy + (i,), record_dir, record_every),
+                                      daemon=True)
+            process.start()
+            theirs.close()
+            self.connections.append(ours)
+            self.processes.append(process)
+
+    def play(self, weights, numbers, say, should_stop):
+        """Yield finished episodes in the order they finish."""
+        for connection in self.connections:
+            connection.send(("weights", weights))
+        todo, idle, busy = list(numbers), list(self.connections), set()
+        while todo or busy:
+            while todo and idle:
+                connection = idle.pop()
+                connection.send(("play", todo.pop(0)))
+                busy.add(connection)
+            if should_stop():
+                return
+            for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
+                kind, payload = connection.recv()
+                if kind == "line":
+                    say(payload)
+                else:
+                    busy.discard(connection)
+                    idle.append(connection)
+                    yield payload
+
+    def close(self):
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.join()
+
+
+def make_player(args, first_episode, record_every_value):
+    entropy = (args.seed, first_episode)
+    if args.envs == 1 or args.render:
+        return LocalPlayer(entropy, "human" if args.render else None, args.record, record_every_value)
+    return WorkerPool(args.envs, entropy, args.record, record_every_value)
+
+
+# --- Training --------------------------------------------------------------
+
+class StopFlag:
+    """Set by Ctrl-C or SIGTERM; the loops check it at safe points, so a
+    checkpoint is never written half-way through an update."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self.request)
+        signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, signum, frame):
+        self.requested = True
+
+    def __call__(self):
+        return self.requested
+
+
+class ProgressLog:
+    """progress.csv and TensorBoard scalars, one row per episode."""
+
+    FIELDS = ["episode", "reward", "running_mean", "points_won", "points_lost", "steps", "seconds", "wall_time"]
+
+    def __init__(self, directory, first_episode):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "progress.csv")
+        kept = []
+        if first_episode > 0 and os.path.exists(self.path):
+            # Rows past the checkpoint were written by a run that died before saving.
+            with open(self.path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["episode"]) < first_episode]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, self.FIELDS)
+        self.summary = tf.summary.create_file_writer(os.path.join(directory, "tensorboard"))
+
+    def add(self, episode, running_mean):
+        row = {"episode": episode.number, "reward": episode.reward, "running_mean": f"{running_mean:.6f}",
+               "points_won": episode.points_won, "points_lost": episode.points_lost, "steps": episode.steps,
+               "seconds": f"{episode.seconds:.3f}", "wall_time": datetime.datetime.now().isoformat(timespec="seconds")}
+        self.writer.writerow(row)
+        with self.summary.as_default(step=episode.number):
+            for name in ("reward", "points_won", "points_lost", "steps"):
+                tf.summary.scalar(f"episode/{name}", float(row[name]))
+            tf.summary.scalar("episode/running_mean", running_mean)
+
+    def flush(self):
+        self.file.flush()
+        self.summary.flush()
+
+    def close(self):
+        self.file.close()
+        self.summary.close()
+
+
+def checkpoint_path(args):
+    return args.model or os.path.join(args.model_dir, model_file_name + ".npz")
+
+
+def train(args):
+    path = checkpoint_path(args)
+    directory = os.path.dirname(os.path.abspath(path))
+    arrays = None
+    if args.resume:
+        try:
+            arrays = read_checkpoint(path, args.hidden)
+        except CheckpointError as error:
+            fail(error)
+    first_episode = 0 if arrays is None else int(arrays["state/episode"])
+    player = make_player(args, first_episode, args.record_every)  # before TensorFlow starts its threads
+    stop = StopFlag()
+    model = build_policy(args.hidden, args.seed)
+    optimizer = make_optimizer(model, args.learning_rate, args.decay_rate)
+    episode, running_mean, batch = 0, None, []
+    if arrays is not None:
+        episode, running_mean, batch = restore(arrays, model, optimizer)
+        print(f"resumed from {path} at episode {episode}, running mean {running_mean}")
+    model.eval()
+    print_policy(model)
+    gradient_fn = make_gradient_fn(model)
+    log = ProgressLog(directory, episode)
+    last_episode = None if args.episodes is None else episode + args.episodes
+    started, steps_played = time.perf_counter(), 0
+    try:
+        while not stop() and (last_episode is None or episode < last_episode):
+            batch_end = (episode // args.batch_size + 1) * args.batch_size
+            numbers = range(episode, batch_end if last_episode is None else min(batch_end, last_episode))
+            finished = {}
+            for played in player.play(policy_arrays(model), numbers, print, stop):
+                finished[played.number] = played
+                while episode in finished:  # log episodes in order, whoever finishes first
+                    done = finished.pop(episode)
+                    running_mean = done.reward if running_mean is None else running_mean * 0.99 + done.reward * 0.01
+                    print(f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}")
+                    log.add(done, running_mean)
+                    batch.append(done)
+                    steps_played += done.steps
+                    episode += 1
+            if episode % args.batch_size == 0 and batch and not stop():
+                update_started = time.perf_counter()
+                steps = update_policy(model, optimizer, gradient_fn, batch, args.gamma)
+                print(f"batch over ({len(batch)} episodes, {steps} steps)...... updated parameters "
+                      f"in {time.perf_counter() - update_started:.2f}s")
+                batch = []
+            if episode // args.save_every > (episode - len(numbers)) // args.save_every and not stop():
+                save_checkpoint(path, model, optimizer, episode, running_mean, batch)
+                log.flush()
+                elapsed = time.perf_counter() - started
+                print(f"episode {episode}: {(episode - first_episode) / elapsed * 3600:.0f} episodes/hour, "
+                      f"{steps_played / elapsed:.0f} agent steps/s, elapsed {datetime.timedelta(seconds=round(elapsed))}, "
+                      f"running mean {running_mean:f}; saved {path}")
+    finally:
+        player.close()
+    save_checkpoint(path, model, optimizer, episode, running_mean, batch)
+    log.close()
+    print(f"saved checkpoint to {path} (episode {episode})")
+
+
+# --- Watching --------------------------------------------------------------
+
+def play(args):
+    """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
+    path = checkpoint_path(args)
+    try:
+        arrays = read_checkpoint(path, args.hidden)
+    except CheckpointError as error:
+        fail(error)
+    player = make_player(args, 0, 1)
+    stop = StopFlag()
+    model = build_policy(args.hidden, args.seed)
+    restore(arrays, model, None)
+    results = []
+    try:
+        for episode in player.play(policy_arrays(model), range(args.play), lambda line: None, stop):
+            results.append(episode)
+            won, lost = episode.points_won, episode.points_lost
+            print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
+    finally:
+        player.close()
+    won_points, played_points = sum(e.points_won for e in results), sum(e.points_won + e.points_lost for e in results)
+    print(f"played {len(results)} episodes with {path}: won {sum(e.points_won > e.points_lost for e in results)} of "
+          f"{len(results)}, points won {won_points} of {played_points} ({100 * won_points / max(played_points, 1):.1f}%), "
+          f"mean episode reward {np.mean([e.reward for e in results]) if results else 0:f}")
+
+
+def plot(args):
+    """--plot: learning_curve.png from progress.csv."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    directory = os.path.dirname(os.path.abspath(checkpoint_path(args)))
+    source = os.path.join(directory, "progress.csv")
+    try:
+        with open(source, newline="") as f:
+            rows = list(csv.DictReader(f))
+        columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
+    except (OSError, KeyError, ValueError) as error:
+        fail(f"cannot read {source} ({error})")
+    if not rows:
+        fail(f"{source} has no episodes yet")
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
+    top.plot(columns["episode"], columns["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+    top.plot(columns["episode"], columns["running_mean"], linewidth=2, label="running mean")
+    top.axhline(0, color="grey", linewidth=0.8)
+    top.set_ylim(-21.5, 21.5)
+    top.set_ylabel("reward (points won - lost)")
+    top.legend(loc="upper left")
+    top.set_title(f"Pong from pixels: {len(rows)} episodes")
+    bottom.plot(columns["episode"], columns["points_won"], ".", markersize=2, alpha=0.3)
+    bottom.set_ylim(-0.5, 21.5)
+    bottom.set_ylabel("points won per episode")
+    bottom.set_xlabel("episode")
+    figure.tight_layout()
+    output = os.path.join(directory, "learning_curve.png")
+    figure.savefig(output, dpi=100)
+    print(f"wrote {output}")
+
+
+# --- Command line ----------------------------------------------------------
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def fraction(text):
+    value = positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--render", action="store_true", default=render, help="show the game in a window (needs a display; implies --envs 1)")
+    parser.add_argument("--resume", action="store_true", default=resume, help="continue training from the checkpoint")
+    parser.add_argument("--episodes", type=positive(int), help="play this many more episodes, save and exit (default: until Ctrl-C)")
+    parser.add_argument("--batch-size", type=positive(int), default=batch_size, help="episodes per RMSProp update")
+    parser.add_argument("--learning-rate", type=positive(float), default=learning_rate, help="RMSProp learning rate")
+    parser.add_argument("--gamma", type=fraction, default=gamma, help="reward discount factor")
+    parser.add_argument("--decay-rate", type=fraction, default=decay_rate, help="RMSProp decay of the mean square (rho)")
+    parser.add_argument("--hidden", type=positive(int), default=hidden, help="units in the hidden layer")
+    parser.add_argument("--seed", type=int, default=seed, help="seeds the weights, the emulator and the action sampling")
+    parser.add_argument("--envs", type=positive(int), default=envs, help="episodes played at once, one process each (1: the plain loop in this process)")
+    parser.add_argument("--model-dir", default=model_dir, help="where the checkpoint, progress.csv and TensorBoard logs go")
+    parser.add_argument("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
+    parser.add_argument("--save-every", type=positive(int), default=save_every, help="episodes between checkpoints and progress lines")
+    parser.add_argument("--play", type=positive(int), metavar="N", help="play N episodes with the checkpoint's policy, learn nothing")
+    parser.add_argument("--record", metavar="DIR", help="save episodes as MP4 videos in DIR")
+    parser.add_argument("--record-every", type=positive(int), default=record_every, help="with --record during training: episodes between videos")
+    parser.add_argument("--plot", action="store_true", help="draw learning_curve.png from progress.csv, train nothing")
+    args = parser.parse_args(argv)
+    if args.decay_rate == 1:
+        parser.error("argument --decay-rate: must be below 1, got 1")
+    if args.play and args.plot:
+        parser.error("--play and --plot are separate commands")
+    return args
+
+
+def check_display(args):
+    if args.render and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        fail("--render needs a display, and none is set (DISPLAY is empty); run without --render, or use --record DIR")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_display(args)
+    if args.plot:
+        plot(args)
+    elif args.play:
+        play(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
