@@ -347,6 +347,13 @@ def pending_episodes(arrays):
 # --- Playing ---------------------------------------------------------------
 
 def make_env(env_seed, render_mode=None):
+    if render_mode == "human":
+        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes
+        # with the LLVM inside TensorFlow (a segfault); SDL's software renderer
+        # needs no GL. The game is silent, so no audio device either.
+        for name, value in (("SDL_RENDER_DRIVER", "software"), ("SDL_FRAMEBUFFER_ACCELERATION", "0"),
+                            ("SDL_AUDIODRIVER", "dummy")):
+            os.environ.setdefault(name, value)
     env = gym.make("Pong-v0", render_mode=render_mode)
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
@@ -480,7 +487,10 @@ class WorkerPool:
             if should_stop():
                 return
             for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
-                kind, payload = connection.recv()
+                try:
+                    kind, payload = connection.recv()
+                except EOFError:
+                    raise RuntimeError("an episode worker process died (its error is printed above)") from None
                 if kind == "line":
                     say(payload)
                 else:
