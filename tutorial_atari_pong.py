@@ -196,6 +196,7 @@ def make_gradient_fn(model):
         with tf.GradientTape() as tape:
             loss = tl.rein.cross_entropy_reward_loss(sparse_logits(model, frames), labels, returns)
         return tape.gradient(loss, model.trainable_weights)
+    chunk_gradient.get_concrete_function()  # trace now, not during the first update
     return chunk_gradient
 
 
@@ -441,7 +442,9 @@ class LocalPlayer:
 def worker_main(connection, entropy, record_dir, record_every):
     """A worker process: plays the episodes it is sent with the weights it was
     last sent, and sends back point lines and finished episodes."""
-    os.setsid()  # Ctrl-C goes to the trainer, which stops the workers itself
+    # Ctrl-C goes to the trainer, which stops the workers itself. (A process
+    # group, not a session: a new session escapes `nice` under autogroup.)
+    os.setpgrp()
     try:
         player = LocalPlayer(entropy, None, record_dir, record_every)
         weights = None
