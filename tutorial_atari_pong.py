@@ -66,6 +66,8 @@ with native_stderr_silenced():
     import numpy as np
     import tensorflow as tf
     import tensorlayer as tl
+    # TensorFlow's CSR sparse matrices multiply ~7x faster than tf.sparse on the CPU.
+    from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops as csr
 
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
 warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")  # v0's settings are the tutorial's
@@ -179,10 +181,25 @@ def standardise(returns):
     return returns / std if std > 0 else returns
 
 
-def sparse_logits(model, frames):
-    """The policy's logits for a tf.SparseTensor batch of difference frames."""
+def sparse_product(frames, weights):
+    """frames @ weights for a CSR matrix of frames. The gradient goes to the
+    weights alone (frames^T @ upstream): TensorFlow's own would also build
+    one for the frames, which are data."""
+    @tf.custom_gradient
+    def product(w):
+        return csr.sparse_matrix_mat_mul(frames, w), \
+            lambda upstream: csr.sparse_matrix_mat_mul(frames, upstream, adjoint_a=True)
+    return product(weights)
+
+
+def sparse_logits(model, indices, signs, n_steps):
+    """The policy's logits for n_steps difference frames given sparsely as
+    (step, pixel) indices and their signs: the TensorLayer model's layers,
+    with a sparse product in the first."""
     hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
-    activations = hidden_layer.act(tf.sparse.sparse_dense_matmul(frames, hidden_layer.W) + hidden_layer.b)
+    dense_shape = tf.stack([tf.cast(n_steps, tf.int64), hidden_layer.W.shape[0]])
+    frames = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
+    activations = hidden_layer.act(sparse_product(frames, hidden_layer.W) + hidden_layer.b)
     return output_layer(activations)
 
 
@@ -191,10 +208,10 @@ def make_gradient_fn(model):
     @tf.function(input_signature=[
         tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64),
         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)])
-    def chunk_gradient(indices, values, n_steps, labels, returns):
-        frames = tf.SparseTensor(indices, values, tf.stack([n_steps, model.get_layer("hidden").W.shape[0]]))
+    def chunk_gradient(indices, signs, n_steps, labels, returns):
         with tf.GradientTape() as tape:
-            loss = tl.rein.cross_entropy_reward_loss(sparse_logits(model, frames), labels, returns)
+            logits = sparse_logits(model, indices, signs, n_steps)
+            loss = tl.rein.cross_entropy_reward_loss(logits, labels, returns)
         return tape.gradient(loss, model.trainable_weights)
     chunk_gradient.get_concrete_function()  # trace now, not during the first update
     return chunk_gradient
