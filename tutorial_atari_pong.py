@@ -459,9 +459,10 @@ class LocalPlayer:
 def worker_main(connection, entropy, record_dir, record_every):
     """A worker process: plays the episodes it is sent with the weights it was
     last sent, and sends back point lines and finished episodes."""
-    # Ctrl-C goes to the trainer, which stops the workers itself. (A process
-    # group, not a session: a new session escapes `nice` under autogroup.)
-    os.setpgrp()
+    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to
+    # handle: it saves, then stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         player = LocalPlayer(entropy, None, record_dir, record_every)
         weights = None
@@ -519,9 +520,9 @@ class WorkerPool:
                     yield payload
 
     def close(self):
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
+        for connection, process in zip(self.connections, self.processes):
+            connection.close()
+            process.kill()
             process.join()
 
 
