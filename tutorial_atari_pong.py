@@ -379,6 +379,7 @@ def make_env(env_seed, render_mode=None):
 
 def open_video(path):
     import imageio.v2 as imageio  # only needed with --record
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return imageio.get_writer(path, fps=30, codec="libx264", macro_block_size=2, quality=7,
                               ffmpeg_log_level="error")
 
@@ -474,7 +475,7 @@ def worker_main(connection, entropy, record_dir, record_every):
                 for episode in player.play(weights, [payload], lambda line: connection.send(("line", line)),
                                            lambda: False):
                     connection.send(("episode", episode))
-    except (EOFError, OSError, KeyboardInterrupt):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the trainer has gone: nothing left to do
 
 
@@ -496,28 +497,30 @@ class WorkerPool:
             self.processes.append(process)
 
     def play(self, weights, numbers, say, should_stop):
-        """Yield finished episodes in the order they finish."""
+        """Yield the episodes in order of number, whichever worker finishes first."""
         for connection in self.connections:
             connection.send(("weights", weights))
-        todo, idle, busy = list(numbers), list(self.connections), set()
-        while todo or busy:
-            while todo and idle:
-                connection = idle.pop()
-                connection.send(("play", todo.pop(0)))
-                busy.add(connection)
-            if should_stop():
-                return
-            for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
-                try:
-                    kind, payload = connection.recv()
-                except EOFError:
-                    raise RuntimeError("an episode worker process died (its error is printed above)") from None
-                if kind == "line":
-                    say(payload)
-                else:
-                    busy.discard(connection)
-                    idle.append(connection)
-                    yield payload
+        todo, idle, busy, finished = list(numbers), list(self.connections), set(), {}
+        for number in numbers:
+            while number not in finished:
+                while todo and idle:
+                    connection = idle.pop()
+                    connection.send(("play", todo.pop(0)))
+                    busy.add(connection)
+                if should_stop():
+                    return
+                for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
+                    try:
+                        kind, payload = connection.recv()
+                    except EOFError:
+                        raise RuntimeError("an episode worker process died (its error is printed above)") from None
+                    if kind == "line":
+                        say(payload)
+                    else:
+                        busy.discard(connection)
+                        idle.append(connection)
+                        finished[payload.number] = payload
+            yield finished.pop(number)
 
     def close(self):
         for connection, process in zip(self.connections, self.processes):
@@ -623,17 +626,13 @@ def train(args):
         while not stop() and (last_episode is None or episode < last_episode):
             batch_end = (episode // args.batch_size + 1) * args.batch_size
             numbers = range(episode, batch_end if last_episode is None else min(batch_end, last_episode))
-            finished = {}
-            for played in player.play(policy_arrays(model), numbers, print, stop):
-                finished[played.number] = played
-                while episode in finished:  # log episodes in order, whoever finishes first
-                    done = finished.pop(episode)
-                    running_mean = done.reward if running_mean is None else running_mean * 0.99 + done.reward * 0.01
-                    print(f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}")
-                    log.add(done, running_mean)
-                    batch.append(done)
-                    steps_played += done.steps
-                    episode += 1
+            for done in player.play(policy_arrays(model), numbers, print, stop):
+                running_mean = done.reward if running_mean is None else running_mean * 0.99 + done.reward * 0.01
+                print(f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}")
+                log.add(done, running_mean)
+                batch.append(done)
+                steps_played += done.steps
+                episode += 1
             if episode % args.batch_size == 0 and batch and not stop():
                 update_started = time.perf_counter()
                 steps = update_policy(model, optimizer, gradient_fn, batch, args.gamma)
@@ -716,48 +715,58 @@ def plot(args):
 
 # --- Command line ----------------------------------------------------------
 
-def positive(kind):
+def checked(kind, test, requirement):
+    """An argparse type: kind(text), refused unless test(value) holds."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
         return value
     return parse
 
 
-def fraction(text):
-    value = positive(float)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
-    return value
+positive_int = checked(int, lambda v: v > 0, "> 0")
+non_negative_int = checked(int, lambda v: v >= 0, ">= 0")
+positive_float = checked(float, lambda v: 0 < v < float("inf"), "> 0")
+discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad flags get one line, not argparse's usage block."""
+
+    def error(self, message):
+        fail(f"{message} (see --help)")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--render", action="store_true", default=render, help="show the game in a window (needs a display; implies --envs 1)")
-    parser.add_argument("--resume", action="store_true", default=resume, help="continue training from the checkpoint")
-    parser.add_argument("--episodes", type=positive(int), help="play this many more episodes, save and exit (default: until Ctrl-C)")
-    parser.add_argument("--batch-size", type=positive(int), default=batch_size, help="episodes per RMSProp update")
-    parser.add_argument("--learning-rate", type=positive(float), default=learning_rate, help="RMSProp learning rate")
-    parser.add_argument("--gamma", type=fraction, default=gamma, help="reward discount factor")
-    parser.add_argument("--decay-rate", type=fraction, default=decay_rate, help="RMSProp decay of the mean square (rho)")
-    parser.add_argument("--hidden", type=positive(int), default=hidden, help="units in the hidden layer")
-    parser.add_argument("--seed", type=int, default=seed, help="seeds the weights, the emulator and the action sampling")
-    parser.add_argument("--envs", type=positive(int), default=envs, help="episodes played at once, one process each (1: the plain loop in this process)")
-    parser.add_argument("--model-dir", default=model_dir, help="where the checkpoint, progress.csv and TensorBoard logs go")
-    parser.add_argument("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
-    parser.add_argument("--save-every", type=positive(int), default=save_every, help="episodes between checkpoints and progress lines")
-    parser.add_argument("--play", type=positive(int), metavar="N", help="play N episodes with the checkpoint's policy, learn nothing")
-    parser.add_argument("--record", metavar="DIR", help="save episodes as MP4 videos in DIR")
-    parser.add_argument("--record-every", type=positive(int), default=record_every, help="with --record during training: episodes between videos")
-    parser.add_argument("--plot", action="store_true", help="draw learning_curve.png from progress.csv, train nothing")
+    parser = OneLineErrors(description=__doc__.split("\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag = parser.add_argument
+    flag("--render", action="store_true", default=render,
+         help="show the game in a window (needs a display; implies --envs 1)")
+    flag("--resume", action="store_true", default=resume, help="continue training from the checkpoint")
+    flag("--episodes", type=positive_int, help="play this many more episodes, save and exit (default: until Ctrl-C)")
+    flag("--batch-size", type=positive_int, default=batch_size, help="episodes per RMSProp update")
+    flag("--learning-rate", type=positive_float, default=learning_rate, help="RMSProp learning rate")
+    flag("--gamma", type=discount, default=gamma, help="reward discount factor")
+    flag("--decay-rate", type=decay, default=decay_rate, help="RMSProp decay of the mean square (rho)")
+    flag("--hidden", type=positive_int, default=hidden, help="units in the hidden layer")
+    flag("--seed", type=non_negative_int, default=seed, help="seeds the weights, the emulator and the action sampling")
+    flag("--envs", type=positive_int, default=envs,
+         help="episodes played at once, one process each (1: the plain loop in this process)")
+    flag("--model-dir", default=model_dir, help="where the checkpoint, progress.csv and TensorBoard logs go")
+    flag("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
+    flag("--save-every", type=positive_int, default=save_every, help="episodes between checkpoints and progress lines")
+    flag("--play", type=positive_int, metavar="N", help="play N episodes with the checkpoint's policy, learn nothing")
+    flag("--record", metavar="DIR", help="save episodes as MP4 videos in DIR")
+    flag("--record-every", type=positive_int, default=record_every,
+         help="with --record during training: episodes between videos")
+    flag("--plot", action="store_true", help="draw learning_curve.png from progress.csv, train nothing")
     args = parser.parse_args(argv)
-    if args.decay_rate == 1:
-        parser.error("argument --decay-rate: must be below 1, got 1")
     if args.play and args.plot:
         parser.error("--play and --plot are separate commands")
     return args

@@ -1,0 +1,334 @@
+"""Benchmark of tutorial_atari_pong.py's training loop and update.
+
+In one run, for the same number of agent steps, side by side:
+
+  emulator   the bare emulator: Pong-v0, random actions from [1, 2, 3], one process
+  reference  bench/reference_loop.py: the straightforward TensorLayer loop (dense
+             float32 frames, eager forward per step, dense update every batch)
+  own        the project's real training loop, tutorial_atari_pong.main(), at its
+             default settings (its --envs default included)
+
+and separately the project's update path (update_policy) on one 100,000-step
+batch of synthetic sparse difference frames.
+
+Each variant runs in its own subprocess (this file re-invoked with --variant),
+so its peak RSS is its own. The own loop runs first, for --episodes episodes;
+the agent steps it played (from its progress.csv) are then played by the
+emulator and the reference loop.
+
+Prints a table, then as its last line one JSON object.
+
+    python bench/benchmark.py                 # default: 10 episodes (~12k steps), 100k update
+    python bench/benchmark.py --episodes 1 --batch-size 1 --update-steps 5000   # quick
+"""
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VARIANTS = ("emulator", "reference", "own")
+
+
+# --- Measuring -------------------------------------------------------------
+
+def peak_rss_mb(who=resource.RUSAGE_SELF):
+    """Peak resident set size in MB (ru_maxrss is in KiB on Linux). For
+    RUSAGE_CHILDREN it is the largest single waited-for child, not a sum."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def current_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def import_project():
+    """tutorial_atari_pong from the repository root (the real module, not a copy)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import tutorial_atari_pong
+    return tutorial_atari_pong
+
+
+# --- Variants (each runs in its own subprocess) ------------------------------
+
+def variant_emulator(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+    import ale_py
+    import gymnasium as gym
+    import numpy as np
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")
+    gym.register_envs(ale_py)
+    env = gym.make("Pong-v0")
+    env.reset(seed=args.seed)
+    actions = np.random.default_rng(args.seed).choice([1, 2, 3], size=args.steps).tolist()
+    episodes = 0
+    started = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            episodes += 1
+            env.reset()
+    seconds = time.perf_counter() - started
+    env.close()
+    return {"steps": args.steps, "episodes": episodes, "updates": 0, "seconds": seconds,
+            "timed": "emulator loop only (env built and seeded before the clock starts)",
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def variant_reference(args):
+    sys.path.insert(0, HERE)
+    import reference_loop
+    result = reference_loop.run(args.steps, batch_size=args.batch_size, seed=args.seed)
+    result.update(timed="loop and updates (env and model built before the clock starts)",
+                  peak_rss_mb=peak_rss_mb())
+    return result
+
+
+def variant_own(args):
+    """tutorial_atari_pong.main() for --episodes episodes. The loop is timed
+    from the end of train()'s setup (ProgressLog created, just before its
+    loop starts) to the return of its last update_policy call (--save-every is
+    set past the run, so nothing else follows in the loop); the whole call is
+    timed as well. Both hooks only observe: the real functions run."""
+    import contextlib
+    tap = import_project()
+    marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0}
+    original_log, original_update = tap.ProgressLog, tap.update_policy
+
+    class TimedProgressLog(original_log):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            marks["loop_start"] = time.perf_counter()
+
+    def timed_update_policy(*a, **k):
+        t = time.perf_counter()
+        steps = original_update(*a, **k)
+        marks["loop_end"] = time.perf_counter()
+        marks["updates"] += 1
+        marks["update_steps"] += steps
+        marks["update_seconds"] += marks["loop_end"] - t
+        return steps
+
+    tap.ProgressLog, tap.update_policy = TimedProgressLog, timed_update_policy
+    argv = ["--episodes", str(args.episodes), "--model-dir", args.model_dir, "--save-every", str(10 ** 9)]
+    if args.batch_size is not None:
+        argv += ["--batch-size", str(args.batch_size)]
+    log_path = os.path.join(args.model_dir, "stdout.txt")
+    try:
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            started = time.perf_counter()
+            tap.main(argv)
+            whole = time.perf_counter() - started
+    finally:
+        tap.ProgressLog, tap.update_policy = original_log, original_update
+    with open(os.path.join(args.model_dir, "progress.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = sum(int(row["steps"]) for row in rows)
+    if "loop_start" in marks and "loop_end" in marks:
+        seconds, timed = marks["loop_end"] - marks["loop_start"], "training loop, updates included (hooks)"
+    else:  # the hooks did not fire (renamed functions?): fall back to the whole call
+        seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
+    return {"steps": steps, "episodes": len(rows), "updates": marks["updates"],
+            "episode_seconds": sum(float(row["seconds"]) for row in rows),
+            "update_steps": marks["update_steps"], "update_seconds": marks["update_seconds"],
+            "seconds": seconds, "whole_call_seconds": whole, "timed": timed,
+            "envs": tap.parse_args(argv).envs, "batch_size": tap.parse_args(argv).batch_size,
+            "peak_rss_mb": peak_rss_mb(), "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+
+
+def synthetic_episodes(tap, total_steps, rng, first_number=0):
+    """Episodes of synthetic difference frames that look like real ones to the
+    update: per step nnz ~ Poisson(19) clipped to [0, 80] (0 on an episode's
+    first step), distinct sorted pixel indices, signs +-1, labels 0..2,
+    a +-1 reward every ~60 steps and a point on each episode's last step."""
+    import numpy as np
+    episodes, number, left = [], first_number, total_steps
+    while left > 0:
+        steps = min(left, int(rng.integers(1100, 1301)))
+        if 0 < left - steps < 200:  # no tiny last episode
+            steps = left
+        nnz = np.clip(rng.poisson(19, steps), 0, 80).astype(np.int16)
+        nnz[0] = 0
+        rows = np.repeat(np.arange(steps), nnz)
+        indices = rng.integers(0, 6400, rows.size)
+        while True:  # redraw repeated pixels within a step until all are distinct
+            order = np.lexsort((indices, rows))
+            rows, indices = rows[order], indices[order]
+            repeated = np.flatnonzero((rows[1:] == rows[:-1]) & (indices[1:] == indices[:-1])) + 1
+            if repeated.size == 0:
+                break
+            indices[repeated] = rng.integers(0, 6400, repeated.size)
+        signs = rng.choice(np.array([-1, 1], np.int8), rows.size)
+        labels = rng.integers(0, 3, steps).astype(np.int8)
+        rewards = np.zeros(steps, np.int8)
+        point = -1
+        while True:
+            point += int(rng.integers(30, 91))
+            if point >= steps - 1:
+                break
+            rewards[point] = rng.choice([-1, 1], p=[0.9, 0.1])
+        rewards[-1] = rng.choice([-1, 1], p=[0.9, 0.1])
+        episodes.append(tap.Episode(number, nnz, indices.astype(np.int16), signs, labels, rewards))
+        number, left = number + 1, left - steps
+    return episodes
+
+
+def variant_update(args):
+    """One update_policy call on an args.update_steps-step synthetic batch,
+    after a warm-up call on a small batch (tracing the tf.function)."""
+    import numpy as np
+    tap = import_project()
+    model = tap.build_policy(tap.hidden, tap.seed)
+    optimizer = tap.make_optimizer(model, tap.learning_rate, tap.decay_rate)
+    model.eval()
+    gradient_fn = tap.make_gradient_fn(model)
+    rng = np.random.default_rng(args.seed)
+    tap.update_policy(model, optimizer, gradient_fn, synthetic_episodes(tap, 2000, rng), tap.gamma)
+    rss_after_warmup = current_rss_mb()
+    episodes = synthetic_episodes(tap, args.update_steps, rng)
+    nnz_mean = float(np.mean(np.concatenate([e.nnz for e in episodes])))
+    rss_before = current_rss_mb()
+    started = time.perf_counter()
+    steps = tap.update_policy(model, optimizer, gradient_fn, episodes, tap.gamma)
+    seconds = time.perf_counter() - started
+    return {"steps": steps, "episodes": len(episodes), "nnz_mean": nnz_mean, "seconds": seconds,
+            "rss_after_warmup_mb": rss_after_warmup, "rss_before_update_mb": rss_before,
+            "rss_after_update_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()}
+
+
+def run_variant(args):
+    result = {"emulator": variant_emulator, "reference": variant_reference, "own": variant_own,
+              "update": variant_update}[args.variant](args)
+    sys.stdout.flush()
+    print(json.dumps(result))
+
+
+# --- The driver ------------------------------------------------------------
+
+def spawn(variant, extra, timeout):
+    """Run one variant in a fresh interpreter; return its JSON result."""
+    command = [sys.executable, os.path.abspath(__file__), "--variant", variant] + extra
+    try:
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"benchmark: variant {variant} ran past --timeout {timeout:g} s") from None
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
+        raise SystemExit(f"benchmark: variant {variant} failed with exit status {completed.returncode}")
+    return json.loads(lines[-1])
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--episodes", type=positive_int, default=10,
+                        help="episodes of the project's loop; the others play the same number of agent steps")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="episodes per update, for the own and reference loops (default: the project's)")
+    parser.add_argument("--update-steps", type=positive_int, default=100_000, help="steps in the synthetic update batch")
+    parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=280, help="seconds allowed to each variant")
+    parser.add_argument("--variant", choices=VARIANTS + ("update",), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.variant:
+        return run_variant(args)
+
+    started = time.perf_counter()
+    common = ["--seed", str(args.seed)] + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
+        results["own"] = spawn("own", common + ["--episodes", str(args.episodes), "--model-dir", model_dir],
+                               args.timeout)
+    steps = results["own"]["steps"]
+    if results["own"]["updates"] == 0:
+        raise SystemExit(f"benchmark: the own loop made no update in {results['own']['episodes']} episodes: "
+                         f"--episodes must be a multiple of the batch size ({results['own']['batch_size']}); "
+                         "pass --batch-size too")
+    batch_size = results["own"]["batch_size"]  # the project's default unless --batch-size
+    results["emulator"] = spawn("emulator", common + ["--steps", str(steps)], args.timeout)
+    if not args.skip_reference:
+        results["reference"] = spawn("reference", ["--seed", str(args.seed), "--batch-size", str(batch_size),
+                                                   "--steps", str(steps)], args.timeout)
+    update = spawn("update", common + ["--update-steps", str(args.update_steps)], args.timeout)
+
+    rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
+    own = results["own"]
+    print(f"Pong-v0 training loop benchmark: {steps} agent steps each (own loop: {own['episodes']} episodes, "
+          f"--envs {own['envs']}, batch size {batch_size})")
+    print()
+    print(f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
+          f"{'peak RSS MB':>13}{'update s':>10}")
+    for name in ("emulator", "reference", "own"):
+        if name not in results:
+            continue
+        r = results[name]
+        print(f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
+              f"{rate[name] / rate['emulator']:>12.2f}{r['peak_rss_mb']:>13.0f}"
+              f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}")
+    print(f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}"
+          f"{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}")
+    print()
+    print("seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
+          f"updates (the whole main() call, startup included, took {own['whole_call_seconds']:.2f} s).")
+    print(f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the first traces the "
+          f"tf.function); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
+          f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing.")
+    print(f"peak RSS: ru_maxrss of the variant's process. own: the trainer process; its {own['envs']} worker "
+          f"processes peaked at {own['peak_rss_children_mb']:.0f} MB each at most (forked from the trainer, "
+          "so largely shared pages: not additive).")
+    print(f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
+          f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
+          f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process.")
+    if "reference" in results:
+        print(f"own loop: {rate['own'] / rate['emulator']:.2f}x the bare emulator, "
+              f"{rate['own'] / rate['reference']:.1f}x the reference loop.")
+    print(f"benchmark wall time {time.perf_counter() - started:.1f} s")
+    summary = {
+        "steps": steps,
+        "steps_per_s": rate,
+        "ratio_vs_emulator": rate["own"] / rate["emulator"],
+        "ratio_vs_reference": rate["own"] / rate["reference"] if "reference" in rate else None,
+        "update_100k_s": update["seconds"],
+        "update_100k_steps": update["steps"],
+        "peak_rss_100k_mb": update["peak_rss_mb"],
+        "peak_rss_mb": {name: r["peak_rss_mb"] for name, r in results.items()},
+        "own_worker_peak_rss_mb": own["peak_rss_children_mb"],
+        "own_envs": own["envs"],
+        "own_whole_call_s": own["whole_call_seconds"],
+        "update_s_in_loop": {name: r.get("update_seconds") for name, r in results.items() if r["updates"]},
+        "variants": results,
+        "update": update,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

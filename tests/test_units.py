@@ -1,0 +1,558 @@
+"""Unit tests of the script's functions, against hand-computed values."""
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorlayer as tl
+
+from helpers import load_checkpoint, new_policy
+
+FRAME_SHAPE = (210, 160, 3)
+BACKGROUND = 144  # the playing field's colour in channel 0
+PADDLE = 236
+
+
+def blank_frame(value=BACKGROUND):
+    return np.full(FRAME_SHAPE, value, np.uint8)
+
+
+# --- prepro ------------------------------------------------------------------
+
+def test_prepro_returns_6400_int8_values(pong):
+    out = pong.prepro(blank_frame())
+    assert out.shape == (6400,)
+    assert out.dtype == np.int8
+
+
+@pytest.mark.parametrize("background", [144, 109])
+def test_prepro_erases_both_background_colours(pong, background):
+    assert not pong.prepro(blank_frame(background)).any()
+
+
+def test_prepro_marks_kept_pixels_at_row_major_index(pong):
+    frame = blank_frame()
+    expected = np.zeros(6400, np.int8)
+    for k, j in [(0, 0), (0, 79), (5, 7), (40, 40), (79, 0), (79, 79)]:
+        frame[35 + 2 * k, 2 * j, 0] = PADDLE
+        expected[k * 80 + j] = 1
+    np.testing.assert_array_equal(pong.prepro(frame), expected)
+
+
+def test_prepro_sets_every_other_colour_to_one(pong):
+    frame = blank_frame()
+    for j, value in enumerate([0, 1, 17, 53, 92, 143, 145, 213, 236, 255]):
+        frame[35, 2 * j, 0] = value
+    out = pong.prepro(frame)
+    np.testing.assert_array_equal(out[:10], np.ones(10, np.int8))
+    assert out.sum() == 10
+
+
+def test_prepro_ignores_odd_rows_odd_columns_and_outside_the_crop(pong):
+    frame = blank_frame()
+    frame[36, 0, 0] = PADDLE  # odd row inside the crop (35 + 1)
+    frame[35, 1, 0] = PADDLE  # odd column
+    frame[0:35, :, 0] = PADDLE  # score area above the field
+    frame[34, :, 0] = PADDLE
+    frame[195:, :, 0] = PADDLE  # below the field
+    assert not pong.prepro(frame).any()
+
+
+def test_prepro_reads_only_channel_0(pong):
+    frame = blank_frame()
+    frame[:, :, 1] = PADDLE
+    frame[:, :, 2] = 0
+    assert not pong.prepro(frame).any()
+    frame[35 + 2 * 3, 2 * 4, 0] = PADDLE
+    assert np.flatnonzero(pong.prepro(frame)).tolist() == [3 * 80 + 4]
+
+
+def test_prepro_last_kept_row_is_193(pong):
+    frame = blank_frame()
+    frame[193, 0, 0] = PADDLE
+    assert np.flatnonzero(pong.prepro(frame)).tolist() == [79 * 80]
+
+
+# --- difference frames ---------------------------------------------------------
+
+def test_diff_frame_is_zeros_on_the_first_step(pong):
+    current = np.ones(6400, np.int8)
+    diff = pong.diff_frame(current, None)
+    assert diff.shape == (6400,) and diff.dtype == np.int8
+    assert not diff.any()
+
+
+def test_diff_frame_is_current_minus_previous(pong):
+    previous = np.array([0, 1, 1, 0, 0], np.int8)
+    current = np.array([1, 1, 0, 0, 1], np.int8)
+    diff = pong.diff_frame(current, previous)
+    np.testing.assert_array_equal(diff, [1, 0, -1, 0, 1])
+    assert set(np.unique(diff)) <= {-1, 0, 1}
+
+
+def test_sparse_frame_keeps_indices_as_int16_and_signs(pong):
+    diff = np.zeros(6400, np.int8)
+    diff[[3, 80, 6399]] = [1, -1, 1]
+    indices, signs = pong.sparse_frame(diff)
+    assert indices.dtype == np.int16
+    assert indices.tolist() == [3, 80, 6399]
+    assert signs.dtype == np.int8
+    assert signs.tolist() == [1, -1, 1]
+
+
+def test_sparse_frame_of_zeros_is_empty(pong):
+    indices, signs = pong.sparse_frame(np.zeros(6400, np.int8))
+    assert len(indices) == 0 and len(signs) == 0
+
+
+# --- the policy -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def policy(pong):
+    return new_policy(pong, 200, 1)
+
+
+def test_policy_layers_and_parameter_shapes(policy):
+    assert [layer.name for layer in policy.all_layers] == ["input", "hidden", "output"]
+    assert [w.name for w in policy.trainable_weights] == [
+        "hidden/weights:0", "hidden/biases:0", "output/weights:0", "output/biases:0"]
+    assert [tuple(w.shape) for w in policy.trainable_weights] == [(6400, 200), (200,), (200, 3), (3,)]
+    assert sum(int(np.prod(w.shape)) for w in policy.trainable_weights) == 1280803
+
+
+def test_policy_biases_start_at_zero(policy):
+    assert not policy.get_layer("hidden").b.numpy().any()
+    assert not policy.get_layer("output").b.numpy().any()
+
+
+@pytest.mark.parametrize("layer, fan_in, fan_out", [("hidden", 6400, 200), ("output", 200, 3)])
+def test_policy_weights_are_glorot_uniform(policy, layer, fan_in, fan_out):
+    weights = policy.get_layer(layer).W.numpy()
+    limit = math.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(weights).max() <= limit
+    assert weights.std() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.05)  # 0.0174, 0.0993
+    assert abs(weights.mean()) < 0.1 * weights.std()
+
+
+def test_policy_weights_depend_on_the_seed(pong, policy):
+    again = new_policy(pong, 200, 1)
+    other = new_policy(pong, 200, 2)
+    np.testing.assert_array_equal(again.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy())
+    assert not np.array_equal(other.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy())
+
+
+def random_sparse_frame(rng, count=20, size=6400):
+    indices = np.sort(rng.choice(size, count, replace=False)).astype(np.int16)
+    signs = rng.choice(np.array([-1, 1], np.int8), count)
+    return indices, signs
+
+
+def dense(indices, signs, size=6400):
+    frame = np.zeros(size, np.float32)
+    frame[indices] = signs
+    return frame
+
+
+def test_action_probabilities_equal_softmax_of_the_tensorlayer_model(pong):
+    model = new_policy(pong, 200, 3)
+    rng = np.random.default_rng(0)
+    # non-zero biases, so that the numpy path must add them too
+    model.get_layer("hidden").b.assign(rng.normal(0, 0.05, 200).astype(np.float32))
+    model.get_layer("output").b.assign(np.array([0.3, -0.2, 0.1], np.float32))
+    weights = pong.policy_arrays(model)
+    frames = [random_sparse_frame(rng, count) for count in (1, 20, 20, 60, 300)]
+    frames.append((np.zeros(0, np.int16), np.zeros(0, np.int8)))  # nothing moved
+    for indices, signs in frames:
+        expected = tf.nn.softmax(model(dense(indices, signs)[None])).numpy()[0]
+        got = pong.action_probabilities(weights, indices, signs)
+        assert got.shape == (3,)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        assert got.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_action_probabilities_of_an_empty_frame_with_zero_biases_are_uniform(pong, policy):
+    probs = pong.action_probabilities(pong.policy_arrays(policy), np.zeros(0, np.int16), np.zeros(0, np.int8))
+    np.testing.assert_allclose(probs, [1 / 3] * 3, rtol=1e-6)
+
+
+# --- sampling -------------------------------------------------------------------
+
+@pytest.mark.parametrize("probs, action", [((1, 0, 0), 1), ((0, 1, 0), 2), ((0, 0, 1), 3)])
+def test_sample_action_with_a_certain_policy_always_draws_that_action(pong, probs, action):
+    rng = np.random.default_rng(0)
+    assert {pong.sample_action(np.array(probs, float), rng) for _ in range(2000)} == {action}
+
+
+def test_sample_action_frequencies_follow_the_probabilities(pong):
+    rng = np.random.default_rng(123)
+    probs = np.array([0.2, 0.5, 0.3])
+    draws = np.array([pong.sample_action(probs, rng) for _ in range(20000)])
+    assert set(np.unique(draws)) == {1, 2, 3}
+    frequencies = [np.mean(draws == action) for action in (1, 2, 3)]
+    np.testing.assert_allclose(frequencies, probs, atol=0.02)
+
+
+def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
+    probs = np.array([0.3, 0.3, 0.4])
+    def draws():
+        rng = np.random.default_rng(7)
+        return [pong.sample_action(probs, rng) for _ in range(50)]
+    first = draws()
+    assert first == draws()
+    assert len(set(first)) == 3
+
+
+# --- returns -----------------------------------------------------------------------
+
+def test_discounted_returns_reset_at_every_point(pong):
+    np.testing.assert_allclose(pong.discounted_returns([0, 0, 1, 0, -1], 0.99),
+                               [0.9801, 0.99, 1, -0.99, -1], rtol=1e-6)
+
+
+def test_discounted_returns_without_a_reset(pong):
+    np.testing.assert_allclose(pong.discounted_returns([0, 0, 0, 1], 0.99), [0.970299, 0.9801, 0.99, 1], rtol=1e-6)
+    np.testing.assert_allclose(pong.discounted_returns([0, 0, -1, 0, 1], 0.5), [-0.25, -0.5, -1, 0.5, 1], rtol=1e-6)
+
+
+def test_discounted_returns_accept_the_int8_rewards_of_an_episode(pong):
+    returns = pong.discounted_returns(np.array([0, -1, 0, 1], np.int8), 0.99)
+    assert returns.dtype == np.float32
+    np.testing.assert_allclose(returns, [-0.99, -1, 0.99, 1], rtol=1e-6)
+
+
+def test_standardise_hand_values(pong):
+    np.testing.assert_allclose(pong.standardise(np.array([1.0, 2.0, 3.0])), [-math.sqrt(1.5), 0, math.sqrt(1.5)])
+
+
+def test_standardise_gives_mean_0_std_1(pong):
+    out = pong.standardise(np.random.default_rng(0).normal(5, 3, 1000).astype(np.float32))
+    assert out.mean() == pytest.approx(0, abs=1e-5)
+    assert out.std() == pytest.approx(1, abs=1e-5)
+
+
+def test_standardise_all_equal_returns_gives_zeros(pong):
+    out = pong.standardise(np.full(5, -0.7, np.float32))
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out, np.zeros(5))
+
+
+# --- the update ---------------------------------------------------------------------
+
+def make_episode(pong, number, rng, steps, point_every=6, size=6400):
+    """An Episode of random sparse frames, labels and a point every few steps."""
+    nnz, indices, signs = [], [], []
+    for step in range(steps):
+        count = 0 if step == 0 else int(rng.integers(0, 30))  # the first frame of an episode is empty
+        i, s = random_sparse_frame(rng, count, size)
+        nnz.append(count)
+        indices.append(i)
+        signs.append(s)
+    rewards = np.zeros(steps, np.int8)
+    rewards[point_every - 1::point_every] = rng.choice(np.array([-1, 1], np.int8), len(rewards[point_every - 1::point_every]))
+    return pong.Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
+                        rng.integers(0, 3, steps).astype(np.int8), rewards)
+
+
+def make_batch(pong, seed=0):
+    rng = np.random.default_rng(seed)
+    return [make_episode(pong, 0, rng, 23), make_episode(pong, 1, rng, 17, point_every=5),
+            make_episode(pong, 2, rng, 9, point_every=9)]
+
+
+def hand_returns(episodes, gamma):
+    """Discounted per episode (resetting at points), standardised over the batch."""
+    all_returns = []
+    for episode in episodes:
+        running, returns = 0.0, []
+        for reward in episode.rewards[::-1]:
+            running = float(reward) if reward != 0 else running * gamma
+            returns.append(running)
+        all_returns.extend(returns[::-1])
+    returns = np.array(all_returns)
+    return ((returns - returns.mean()) / returns.std()).astype(np.float32)
+
+
+def dense_gradients(model, episodes, gamma):
+    """The tutorial's loss on the dense frames, differentiated by a GradientTape."""
+    frames = np.stack([dense(i, s) for e in episodes for i, s in split_frames(e)])
+    labels = np.concatenate([e.labels for e in episodes]).astype(np.int32)
+    with tf.GradientTape() as tape:
+        loss = tl.rein.cross_entropy_reward_loss(model(frames), labels, hand_returns(episodes, gamma))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
+
+
+def split_frames(episode):
+    ends = np.cumsum(episode.nnz)
+    starts = ends - episode.nnz
+    return [(episode.indices[a:b], episode.signs[a:b]) for a, b in zip(starts, ends)]
+
+
+class GradientRecorder:
+    """Stands in for the optimizer to capture what update_policy applies."""
+
+    def __init__(self):
+        self.calls = []
+
+    def apply_gradients(self, grads_and_vars):
+        self.calls.append([(np.array(g), v) for g, v in grads_and_vars])
+
+
+def fresh_policy(pong, seed=5):
+    return new_policy(pong, 200, seed)
+
+
+def assert_gradients_close(got, expected):
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max())
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 7, 16384])
+def test_update_policy_applies_the_dense_gradient_whatever_the_chunk_size(pong, chunk_steps):
+    model = fresh_policy(pong)
+    episodes = make_batch(pong)
+    expected = dense_gradients(model, episodes, 0.99)
+    recorder = GradientRecorder()
+    steps = pong.update_policy(model, recorder, pong.make_gradient_fn(model), episodes, 0.99, chunk_steps=chunk_steps)
+    assert steps == 23 + 17 + 9
+    assert len(recorder.calls) == 1, "one optimizer step per batch"
+    applied = recorder.calls[0]
+    assert [v.name for _, v in applied] == [w.name for w in model.trainable_weights]
+    assert_gradients_close([g for g, _ in applied], expected)
+    assert np.abs(applied[0][0]).max() > 0  # the comparison is not between two zero gradients
+
+
+def test_update_policy_takes_one_rmsprop_step_like_keras_on_the_dense_gradient(pong):
+    episodes = make_batch(pong, seed=1)
+    model, reference = fresh_policy(pong), fresh_policy(pong)
+    optimizer = pong.make_optimizer(model, 1e-4, 0.99)
+    pong.update_policy(model, optimizer, pong.make_gradient_fn(model), episodes, 0.99, chunk_steps=7)
+
+    gradients = dense_gradients(reference, episodes, 0.99)
+    reference_optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4, rho=0.99)
+    reference_optimizer.apply_gradients(zip(gradients, reference.trainable_weights))
+
+    assert int(optimizer.iterations.numpy()) == 1
+    for w, r in zip(model.trainable_weights, reference.trainable_weights):
+        np.testing.assert_allclose(w.numpy(), r.numpy(), rtol=1e-5, atol=1e-7)
+    # RMSProp's mean square after one step is (1 - rho) * g^2: checks the gradient's magnitude too
+    slots = pong.optimizer_slots(optimizer, model)
+    for w, g in zip(model.trainable_weights, gradients):
+        np.testing.assert_allclose(slots["rmsprop/" + pong.weight_key(w)].numpy(), 0.01 * g ** 2,
+                                   rtol=1e-3, atol=1e-6 * (0.01 * g ** 2).max())
+
+
+def test_make_optimizer_uses_the_default_learning_rate_and_decay(pong):
+    args = pong.parse_args([])
+    optimizer = pong.make_optimizer(fresh_policy(pong), args.learning_rate, args.decay_rate)
+    assert isinstance(optimizer, tf.keras.optimizers.RMSprop)
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(1e-4)
+    assert optimizer.rho == pytest.approx(0.99)
+    assert int(optimizer.iterations.numpy()) == 0
+
+
+# --- checkpoints -------------------------------------------------------------------
+
+@pytest.fixture
+def trained(pong):
+    """A model and optimizer after one real update, so every slot is non-zero."""
+    model = fresh_policy(pong, seed=11)
+    optimizer = pong.make_optimizer(model, 1e-4, 0.99)
+    pong.update_policy(model, optimizer, pong.make_gradient_fn(model), make_batch(pong, seed=2), 0.99)
+    return model, optimizer
+
+
+def assert_same_episodes(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.number == e.number
+        for name in ("nnz", "indices", "signs", "labels", "rewards"):
+            np.testing.assert_array_equal(getattr(g, name), getattr(e, name), err_msg=name)
+            assert getattr(g, name).dtype == getattr(e, name).dtype, name
+
+
+def test_checkpoint_round_trip_restores_everything(pong, trained, tmp_path):
+    model, optimizer = trained
+    pending = make_batch(pong, seed=3)[:2]
+    pending[0].number, pending[1].number = 20, 21
+    path = str(tmp_path / "ck.npz")
+    pong.save_checkpoint(path, model, optimizer, 22, -20.25, pending)
+
+    other = fresh_policy(pong, seed=12)
+    other_optimizer = pong.make_optimizer(other, 1e-4, 0.99)
+    episode, running_mean, restored_pending = pong.restore(pong.read_checkpoint(path, 200), other, other_optimizer)
+
+    assert episode == 22
+    assert running_mean == -20.25
+    for w, o in zip(model.trainable_weights, other.trainable_weights):
+        np.testing.assert_array_equal(o.numpy(), w.numpy())
+    saved_slots, restored_slots = pong.optimizer_slots(optimizer, model), pong.optimizer_slots(other_optimizer, other)
+    assert set(saved_slots) == set(restored_slots) == {
+        "rmsprop/iterations", "rmsprop/hidden/weights", "rmsprop/hidden/biases",
+        "rmsprop/output/weights", "rmsprop/output/biases"}
+    assert int(restored_slots["rmsprop/iterations"].numpy()) == 1
+    for name in saved_slots:
+        assert np.abs(saved_slots[name].numpy()).max() > 0, name
+        np.testing.assert_array_equal(restored_slots[name].numpy(), saved_slots[name].numpy(), err_msg=name)
+    assert_same_episodes(restored_pending, pending)
+
+
+def test_checkpoint_round_trip_without_running_mean_or_pending(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = str(tmp_path / "ck.npz")
+    pong.save_checkpoint(path, model, optimizer, 0, None, [])
+    episode, running_mean, pending = pong.restore(pong.read_checkpoint(path, 200), fresh_policy(pong), None)
+    assert (episode, running_mean, pending) == (0, None, [])
+
+
+def test_checkpoint_is_plain_numpy_without_pickle(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 4, 1.5, make_batch(pong)[:1])
+    arrays = load_checkpoint(path)
+    assert all(a.dtype != object for a in arrays.values())
+    np.testing.assert_array_equal(arrays["hidden/weights"], model.get_layer("hidden").W.numpy())
+    assert int(arrays["state/episode"]) == 4
+    assert float(arrays["state/running_mean"]) == 1.5
+    assert (int(arrays["config/input_size"]), int(arrays["config/hidden"])) == (6400, 200)
+
+
+def test_checkpoint_save_creates_the_directory(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "a" / "b" / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
+    assert int(load_checkpoint(path)["state/episode"]) == 1
+
+
+def crash_during_savez(*args, **kwargs):
+    args[0].write(b"PK\x03\x04 half a zip")
+    raise OSError("disk full")
+
+
+def crash_on_replace(*args, **kwargs):
+    raise OSError("power cut")
+
+
+@pytest.mark.parametrize("target, crash", [("np.savez", crash_during_savez), ("os.replace", crash_on_replace)])
+def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_path, monkeypatch, target, crash):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, -21.0, [])
+    before = path.read_bytes()
+    saved_biases = model.get_layer("output").b.numpy()
+
+    module_name, function = target.split(".")
+    monkeypatch.setattr(getattr(pong, module_name), function, crash)
+    model.get_layer("output").b.assign([1.0, 2.0, 3.0])
+    with pytest.raises(OSError):
+        pong.save_checkpoint(str(path), model, optimizer, 2, -20.0, make_batch(pong)[:1])
+    monkeypatch.undo()
+
+    assert path.read_bytes() == before
+    arrays = pong.read_checkpoint(str(path), 200)
+    assert int(arrays["state/episode"]) == 1
+    np.testing.assert_array_equal(arrays["output/biases"], saved_biases)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == ["ck.npz"]
+
+
+def expect_checkpoint_error(pong, path, hidden=200):
+    with pytest.raises(pong.CheckpointError) as error:
+        pong.read_checkpoint(str(path), hidden)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_read_checkpoint_missing_file(pong, tmp_path):
+    expect_checkpoint_error(pong, tmp_path / "nothing.npz")
+
+
+def test_read_checkpoint_random_bytes(pong, tmp_path):
+    path = tmp_path / "ck.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    expect_checkpoint_error(pong, path)
+
+
+def test_read_checkpoint_empty_file(pong, tmp_path):
+    path = tmp_path / "ck.npz"
+    path.write_bytes(b"")
+    expect_checkpoint_error(pong, path)
+
+
+def test_read_checkpoint_truncated_file(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    expect_checkpoint_error(pong, path)
+
+
+def test_read_checkpoint_of_another_program(pong, tmp_path):
+    path = tmp_path / "ck.npz"
+    np.savez(path, something=np.zeros(3))
+    expect_checkpoint_error(pong, path)
+
+
+def test_read_checkpoint_with_other_hidden_size(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
+    message = expect_checkpoint_error(pong, path, hidden=100)
+    assert "200" in message and "100" in message
+
+
+# --- the command line ------------------------------------------------------------
+
+def test_parse_args_defaults_come_from_the_top_of_the_script(pong):
+    args = pong.parse_args([])
+    assert (pong.render, pong.resume, pong.batch_size, pong.learning_rate) == (False, False, 10, 1e-4)
+    assert (pong.gamma, pong.decay_rate, pong.hidden, pong.model_dir) == (0.99, 0.99, 200, "models")
+    assert args.render is False and args.resume is False
+    assert args.batch_size == 10
+    assert args.learning_rate == 1e-4
+    assert args.gamma == 0.99
+    assert args.decay_rate == 0.99
+    assert args.hidden == 200
+    assert args.model_dir == "models"
+    assert args.seed == 1
+    assert args.save_every == 100
+    assert args.record_every == 100
+    assert args.episodes is None and args.play is None and args.record is None and args.model is None
+    assert args.plot is False
+    assert 1 <= args.envs <= 10
+
+
+def test_parse_args_follows_edits_of_the_defaults_block(pong, monkeypatch):
+    monkeypatch.setattr(pong, "batch_size", 3)
+    monkeypatch.setattr(pong, "learning_rate", 5e-3)
+    monkeypatch.setattr(pong, "model_dir", "elsewhere")
+    args = pong.parse_args([])
+    assert (args.batch_size, args.learning_rate, args.model_dir) == (3, 5e-3, "elsewhere")
+
+
+def test_parse_args_flags(pong):
+    args = pong.parse_args(["--resume", "--episodes", "3", "--batch-size", "4", "--learning-rate", "0.001",
+                            "--gamma", "0.9", "--decay-rate", "0.5", "--hidden", "50", "--seed", "7",
+                            "--model-dir", "x", "--save-every", "2", "--envs", "3"])
+    assert (args.resume, args.episodes, args.batch_size, args.learning_rate, args.gamma, args.decay_rate,
+            args.hidden, args.seed, args.model_dir, args.save_every, args.envs) == (
+        True, 3, 4, 0.001, 0.9, 0.5, 50, 7, "x", 2, 3)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--batch-size", "-1"], ["--batch-size", "0"], ["--batch-size", "abc"], ["--learning-rate", "0"],
+    ["--learning-rate", "-0.1"], ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"],
+    ["--hidden", "0"], ["--episodes", "0"], ["--envs", "0"], ["--save-every", "0"], ["--record-every", "0"],
+    ["--play", "0"], ["--play", "1", "--plot"], ["--unknown-flag"],
+])
+def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pong.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong):
+    assert pong.checkpoint_path(pong.parse_args(["--model-dir", "d"])) == os.path.join("d", "model_pong.npz")
+    assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
