@@ -83,7 +83,7 @@ class CheckpointError(Exception):
 
 
 def fail(message):
-    """One line on stderr and exit status 2, as argparse does for bad flags."""
+    """One line on stderr and exit status 2: bad flags, checkpoints, displays."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -703,7 +703,11 @@ def plot(args):
     top.set_ylabel("reward (points won - lost)")
     top.legend(loc="upper left")
     top.set_title(f"Pong from pixels: {len(rows)} episodes")
-    bottom.plot(columns["episode"], columns["points_won"], ".", markersize=2, alpha=0.3)
+    bottom.plot(columns["episode"], columns["points_won"], ".", markersize=2, alpha=0.3, label="points won")
+    window = min(100, len(rows))
+    bottom.plot(columns["episode"][window - 1:], np.convolve(columns["points_won"], np.ones(window) / window, "valid"),
+                linewidth=2, label=f"mean of the last {window} episodes")
+    bottom.legend(loc="upper left")
     bottom.set_ylim(-0.5, 21.5)
     bottom.set_ylabel("points won per episode")
     bottom.set_xlabel("episode")
