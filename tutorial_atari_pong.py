@@ -14,6 +14,7 @@ tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
 import argparse
 import contextlib
 import csv
+import dataclasses
 import datetime
 import multiprocessing
 import multiprocessing.connection
@@ -217,14 +218,18 @@ def make_gradient_fn(model):
     return chunk_gradient
 
 
+@dataclasses.dataclass
 class Episode:
-    """One played episode, stored compactly: per step the indices and signs of
-    the changed pixels, the action label and the reward."""
-
-    def __init__(self, number, nnz, indices, signs, labels, rewards, seconds=0.0):
-        self.number, self.seconds = number, seconds
-        self.nnz, self.indices, self.signs = nnz, indices, signs
-        self.labels, self.rewards = labels, rewards
+    """One played episode, stored compactly: per step, the indices and signs
+    of the pixels that changed (end to end for all steps), the action's label
+    and the reward."""
+    number: int
+    nnz: np.ndarray  # changed pixels per step, int16
+    indices: np.ndarray  # int16, sum(nnz) of them
+    signs: np.ndarray  # int8, -1 or 1
+    labels: np.ndarray  # int8, action - 1
+    rewards: np.ndarray  # int8, -1, 0 or 1
+    seconds: float = 0.0
 
     @property
     def steps(self):
@@ -245,7 +250,8 @@ class Episode:
 
 def concatenate(episodes):
     """Join episodes into one batch (an Episode whose number is the first's)."""
-    join = lambda name, dtype: np.concatenate([getattr(e, name) for e in episodes] or [np.zeros(0, dtype)])
+    def join(name, dtype):
+        return np.concatenate([getattr(e, name) for e in episodes] or [np.zeros(0, dtype)])
     return Episode(episodes[0].number if episodes else 0, join("nnz", np.int16), join("indices", np.int16),
                    join("signs", np.int8), join("labels", np.int8), join("rewards", np.int8))
 
@@ -332,6 +338,9 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
             found = arrays["config/hidden"] if "config/hidden" in arrays else "?"
             raise CheckpointError(f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
                                   f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})")
+    found_format = int(arrays.get("state/format", -1))
+    if found_format != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {found_format}; this script reads {CHECKPOINT_FORMAT}")
     return arrays
 
 
