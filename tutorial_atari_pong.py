@@ -571,18 +571,24 @@ class ProgressLog:
     def __init__(self, directory, first_episode):
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "progress.csv")
+        board = os.path.join(directory, "tensorboard")
         kept = []
         if first_episode > 0 and os.path.exists(self.path):
             # Rows past the checkpoint were written by a run that died before saving.
             with open(self.path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["episode"]) < first_episode]
-        with open(self.path, "w", newline="") as f:
+        elif os.path.isdir(board):  # a fresh run: the old curves go with the old checkpoint
+            for name in os.listdir(board):
+                if name.startswith("events.out.tfevents"):
+                    os.remove(os.path.join(board, name))
+        with open(self.path + ".tmp", "w", newline="") as f:  # the whole log must survive a kill here
             writer = csv.DictWriter(f, self.FIELDS)
             writer.writeheader()
             writer.writerows(kept)
+        os.replace(self.path + ".tmp", self.path)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, self.FIELDS)
-        self.summary = tf.summary.create_file_writer(os.path.join(directory, "tensorboard"))
+        self.summary = tf.summary.create_file_writer(board)
 
     def add(self, episode, running_mean):
         row = {"episode": episode.number, "reward": episode.reward, "running_mean": f"{running_mean:.6f}",
@@ -625,6 +631,8 @@ def train(args):
     if arrays is not None:
         episode, running_mean, batch = restore(arrays, model, optimizer)
         print(f"resumed from {path} at episode {episode}, running mean {running_mean}")
+    elif os.path.exists(path):
+        print(f"starting afresh: {path} will be replaced at the first save (--resume continues it instead)")
     model.eval()
     print_policy(model)
     gradient_fn = make_gradient_fn(model)

@@ -2,6 +2,7 @@
 import datetime
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -313,3 +314,15 @@ def test_help_lists_every_flag(tmp_path):
                  "--record-every", "--plot", "--model"):
         assert re.search(rf"^\s+{flag}\b", result.stdout, re.M), flag
     assert result.stderr == ""
+
+
+def test_a_fresh_run_over_an_old_one_says_so_and_restarts_its_logs(train_run, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(train_run.model_dir, model_dir)
+    result = run_script(["--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir], tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert f"starting afresh: {model_dir / 'model_pong.npz'} will be replaced at the first save " \
+           "(--resume continues it instead)" in result.lines
+    assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
+    assert len(list((model_dir / "tensorboard").glob("events.out.tfevents*"))) == 1
+    assert int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"]) == 1
