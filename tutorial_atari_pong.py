@@ -404,6 +404,10 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
     try:
         while True:
             if should_stop():
+                if video is not None:
+                    video.close()
+                    os.remove(video_path)
+                    video = None
                 return None
             if video is not None:
                 video.append_data(observation)
@@ -495,7 +499,8 @@ class WorkerPool:
     def __init__(self, count, entropy, record_dir=None, record_every=1):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
-        self.connections, self.processes = [], []
+        self.connections, self.processes, self.playing = [], [], {}
+        self.record_dir, self.record_every = record_dir, record_every
         for i in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(target=worker_main, args=(theirs, entropy + (i,), record_dir, record_every),
@@ -514,7 +519,8 @@ class WorkerPool:
             while number not in finished:
                 while todo and idle:
                     connection = idle.pop()
-                    connection.send(("play", todo.pop(0)))
+                    self.playing[connection] = todo.pop(0)
+                    connection.send(("play", self.playing[connection]))
                     busy.add(connection)
                 if should_stop():
                     return
@@ -528,6 +534,7 @@ class WorkerPool:
                     else:
                         busy.discard(connection)
                         idle.append(connection)
+                        del self.playing[connection]
                         finished[payload.number] = payload
             yield finished.pop(number)
 
@@ -536,6 +543,10 @@ class WorkerPool:
             connection.close()
             process.kill()
             process.join()
+        for number in self.playing.values():  # unfinished episodes leave no broken videos
+            path = video_path_for(self.record_dir, number, self.record_every)
+            if path and os.path.exists(path):
+                os.remove(path)
 
 
 def make_player(args, first_episode, record_every_value):
