@@ -404,10 +404,11 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
     try:
         while True:
             if should_stop():
-                if video is not None:
+                if video is not None:  # an unfinished episode leaves no video
                     video.close()
-                    os.remove(video_path)
                     video = None
+                    if os.path.exists(video_path):
+                        os.remove(video_path)
                 return None
             if video is not None:
                 video.append_data(observation)

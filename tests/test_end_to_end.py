@@ -214,7 +214,8 @@ def read_lines_into(stream, lines):
 ], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_for):
     model_dir = tmp_path / "m"
-    process = start_script(["--envs", envs, "--model-dir", model_dir], tmp_path)
+    process = start_script(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1],
+                           tmp_path)
     lines, seen = queue.Queue(), []
     reader = threading.Thread(target=read_lines_into, args=(process.stdout, lines), daemon=True)
     reader.start()
@@ -243,6 +244,8 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
     assert seen[-1] == f"saved checkpoint to {checkpoint} (episode {finished})"
     arrays = load_checkpoint(checkpoint)
     assert int(arrays["state/episode"]) == finished
+    videos = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
+    assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
     assert not (model_dir / "model_pong.npz.tmp").exists()
 
