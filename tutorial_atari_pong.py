@@ -40,6 +40,9 @@ record_every = 100  # with --record, episodes between videos during training
 seed = 1
 envs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, batch_size)
 
+if __name__ == "__main__":  # Ctrl-C while starting up ends the program quietly: nothing to save yet
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
 # TensorFlow and the emulator greet us with C++ logs and deprecation notices;
 # the tutorial's own lines are what a reader should see.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
