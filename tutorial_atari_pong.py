@@ -611,7 +611,7 @@ class ProgressLog:
                "seconds": f"{episode.seconds:.3f}", "wall_time": datetime.datetime.now().isoformat(timespec="seconds")}
         self.writer.writerow(row)
         with self.summary.as_default(step=episode.number):
-            for name in ("reward", "points_won", "points_lost", "steps"):
+            for name in ("reward", "points_won", "points_lost", "steps", "seconds"):
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
             tf.summary.scalar("episode/running_mean", running_mean)
 

@@ -97,11 +97,12 @@ def test_tensorboard_scalars_match_progress_csv(trained):
     rows = read_progress(trained.model_dir)
     scalars = read_scalars(trained.model_dir / "tensorboard")
     assert set(scalars) == {"episode/reward", "episode/points_won", "episode/points_lost", "episode/steps",
-                            "episode/running_mean"}
+                            "episode/seconds", "episode/running_mean"}
     assert scalars["episode/reward"] == {int(r["episode"]): float(r["reward"]) for r in rows}
     assert scalars["episode/steps"] == {int(r["episode"]): float(r["steps"]) for r in rows}
     assert scalars["episode/points_won"] == {int(r["episode"]): float(r["points_won"]) for r in rows}
     for row in rows:
+        assert scalars["episode/seconds"][int(row["episode"])] == pytest.approx(float(row["seconds"]), abs=1e-5)
         assert scalars["episode/running_mean"][int(row["episode"])] == pytest.approx(float(row["running_mean"]),
                                                                                    abs=1e-5)
 
