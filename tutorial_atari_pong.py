@@ -628,6 +628,18 @@ def checkpoint_path(args):
     return args.model or os.path.join(args.model_dir, model_file_name + ".npz")
 
 
+def writable_directory(path, purpose):
+    """Create path if needed; stop with one line if it cannot take files."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"cannot use {path} for {purpose}: it is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        fail(f"cannot use {path} for {purpose} ({error.strerror})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"cannot use {path} for {purpose} (not writable)")
+
+
 def train(args):
     path = checkpoint_path(args)
     directory = os.path.dirname(os.path.abspath(path))
@@ -637,6 +649,9 @@ def train(args):
             arrays = read_checkpoint(path, args.hidden)
         except CheckpointError as error:
             fail(error)
+    writable_directory(directory, "the checkpoint and logs")
+    if os.path.isdir(path):
+        fail(f"{path} is a directory, not a checkpoint file")
     first_episode = 0 if arrays is None else int(arrays["state/episode"])
     player = make_player(args, first_episode, args.record_every)  # before TensorFlow starts its threads
     stop = StopFlag()
@@ -816,6 +831,8 @@ def check_display(args):
 def main(argv=None):
     args = parse_args(argv)
     check_display(args)
+    if args.record and not args.plot:
+        writable_directory(args.record, "videos")
     if args.plot:
         plot(args)
     elif args.play:

@@ -262,6 +262,21 @@ def write_hidden_200_checkpoint(pong, model_dir):
     pong.save_checkpoint(str(model_dir / "model_pong.npz"), model, pong.make_optimizer(model, 1e-4, 0.99), 5, -20.0, [])
 
 
+def write_file_at_model_dir(pong, model_dir):
+    model_dir.write_text("a file where the model folder should be")
+
+
+def write_file_at_videos(pong, model_dir):
+    (model_dir.parent / "videos").write_text("a file where the video folder should be")
+
+
+def snapshot(path):
+    """The bytes of a file, or of every file in a folder."""
+    if path.is_file():
+        return path.read_bytes()
+    return {p.name: p.read_bytes() for p in path.iterdir()} if path.exists() else {}
+
+
 BAD_INPUTS = {
     "resume-without-checkpoint": (["--resume", "--episodes", 1], None, {}),
     "resume-corrupt-checkpoint": (["--resume", "--episodes", 1], write_corrupt_checkpoint, {}),
@@ -272,6 +287,8 @@ BAD_INPUTS = {
     "render-without-display": (["--render", "--episodes", 1], None, {"DISPLAY": None, "WAYLAND_DISPLAY": None}),
     "play-without-checkpoint": (["--play", 1], None, {}),
     "plot-without-progress": (["--plot"], None, {}),
+    "model-dir-is-a-file": (["--episodes", 1], write_file_at_model_dir, {}),
+    "record-dir-is-a-file": (["--episodes", 1, "--record", "videos"], write_file_at_videos, {}),
 }
 
 
@@ -281,14 +298,13 @@ def test_bad_input_exits_2_with_one_line(pong, tmp_path, case):
     model_dir = tmp_path / "m"
     if prepare is not None:
         prepare(pong, model_dir)
-    before = {p.name: p.read_bytes() for p in model_dir.iterdir()} if model_dir.exists() else {}
+    before = snapshot(model_dir)
 
     result = run_script([*argv, "--model-dir", model_dir], tmp_path, env=script_env(**env_changes))
 
     assert_one_line_error(result)
     assert result.stderr_lines[-1].startswith(f"{SCRIPT.name}: error: ")
-    after = {p.name: p.read_bytes() for p in model_dir.iterdir()} if model_dir.exists() else {}
-    assert after == before, "a refused command must leave the model directory as it was"
+    assert snapshot(model_dir) == before, "a refused command must leave the model directory as it was"
     if case.startswith(("resume", "play")):
         assert str(model_dir / "model_pong.npz") in result.stderr
     if case.startswith("plot"):
