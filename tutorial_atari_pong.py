@@ -86,10 +86,10 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, or made for other settings."""
 
 
-def fail(message):
+def fail(message, status=2):
     """One line on stderr and exit status 2: bad flags, checkpoints, displays."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 # --- Frames ----------------------------------------------------------------
@@ -315,11 +315,16 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
                    "pending/labels": batch.labels, "pending/rewards": batch.rewards})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, say: the previous checkpoint stays, the half-written one goes
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
@@ -833,12 +838,15 @@ def main(argv=None):
     check_display(args)
     if args.record and not args.plot:
         writable_directory(args.record, "videos")
-    if args.plot:
-        plot(args)
-    elif args.play:
-        play(args)
-    else:
-        train(args)
+    try:
+        if args.plot:
+            plot(args)
+        elif args.play:
+            play(args)
+        else:
+            train(args)
+    except OSError as error:  # the disk, not the program: one line (the last checkpoint is intact)
+        fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), status=1)
 
 
 if __name__ == "__main__":

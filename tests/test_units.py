@@ -1,6 +1,8 @@
 """Unit tests of the script's functions, against hand-computed values."""
 import math
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -453,7 +455,7 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_pa
     arrays = pong.read_checkpoint(str(path), 200)
     assert int(arrays["state/episode"]) == 1
     np.testing.assert_array_equal(arrays["output/biases"], saved_biases)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == ["ck.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"], "the half-written file is removed"
 
 
 def expect_checkpoint_error(pong, path, hidden=200):
@@ -556,3 +558,14 @@ def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
 def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong):
     assert pong.checkpoint_path(pong.parse_args(["--model-dir", "d"])) == os.path.join("d", "model_pong.npz")
     assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
+
+
+def test_an_io_error_while_running_is_one_line_and_status_1(pong, monkeypatch, capsys):
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "models/model_pong.npz.tmp")
+    monkeypatch.setattr(pong, "train", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        pong.main(["--episodes", "1"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: models/model_pong.npz.tmp"]
