@@ -665,7 +665,8 @@ def train(args):
     episode, running_mean, batch = 0, None, []
     if arrays is not None:
         episode, running_mean, batch = restore(arrays, model, optimizer)
-        print(f"resumed from {path} at episode {episode}, running mean {running_mean}")
+        print(f"resumed from {path} at episode {episode}, running mean "
+              + ("none yet" if running_mean is None else f"{running_mean:f}"))
     elif os.path.exists(path):
         print(f"starting afresh: {path} will be replaced at the first save (--resume continues it instead)")
     model.eval()
@@ -692,16 +693,16 @@ def train(args):
                       f"in {time.perf_counter() - update_started:.2f}s")
                 batch = []
             if episode // args.save_every > (episode - len(numbers)) // args.save_every and not stop():
+                log.flush()  # first: the log may run ahead of the checkpoint, never behind it
                 save_checkpoint(path, model, optimizer, episode, running_mean, batch)
-                log.flush()
                 elapsed = time.perf_counter() - started
                 print(f"episode {episode}: {(episode - first_episode) / elapsed * 3600:.0f} episodes/hour, "
                       f"{steps_played / elapsed:.0f} agent steps/s, elapsed {datetime.timedelta(seconds=round(elapsed))}, "
                       f"running mean {running_mean:f}; saved {path}")
     finally:
         player.close()
+        log.close()
     save_checkpoint(path, model, optimizer, episode, running_mean, batch)
-    log.close()
     print(f"saved checkpoint to {path} (episode {episode})")
 
 

@@ -153,7 +153,7 @@ def resumed(resume_run):
 
 def test_resume_says_where_it_starts(resumed):
     mean = float(resumed.before["state/running_mean"])
-    assert f"resumed from {resumed.checkpoint} at episode 2, running mean {mean}" in resumed.result.lines
+    assert f"resumed from {resumed.checkpoint} at episode 2, running mean {mean:f}" in resumed.result.lines
 
 
 def test_resume_console_is_clean(resumed):
