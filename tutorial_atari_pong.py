@@ -38,7 +38,10 @@ model_file_name = "model_pong"
 save_every = 100  # episodes between checkpoints (and progress lines)
 record_every = 100  # with --record, episodes between videos during training
 seed = 1
-envs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, batch_size)
+# Episodes played at once, each by its own worker process: one per core (worker
+# processes are forked, so where fork is missing, as on Windows, just one).
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+envs = min(cores, batch_size) if "fork" in multiprocessing.get_all_start_methods() else 1
 
 if __name__ == "__main__":  # Ctrl-C while starting up ends the program quietly: nothing to save yet
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
