@@ -523,11 +523,16 @@ class WorkerPool:
             self.processes.append(process)
 
     def play(self, weights, numbers, say, should_stop):
-        """Yield the episodes in order of number, whichever worker finishes first."""
+        """Yield the episodes in order of number, whichever worker finishes
+        first. The log reads as if they were played one after another: the
+        oldest unfinished episode's point lines are said as they come, later
+        episodes' lines are held until it is their turn."""
         for connection in self.connections:
             connection.send(("weights", weights))
-        todo, idle, busy, finished = list(numbers), list(self.connections), set(), {}
+        todo, idle, busy, finished, held = list(numbers), list(self.connections), set(), {}, {}
         for number in numbers:
+            for line in held.pop(number, []):
+                say(line)
             while number not in finished:
                 while todo and idle:
                     connection = idle.pop()
@@ -542,7 +547,10 @@ class WorkerPool:
                     except EOFError:
                         raise RuntimeError("an episode worker process died (its error is printed above)") from None
                     if kind == "line":
-                        say(payload)
+                        if self.playing[connection] == number:
+                            say(payload)
+                        else:
+                            held.setdefault(self.playing[connection], []).append(payload)
                     else:
                         busy.discard(connection)
                         idle.append(connection)

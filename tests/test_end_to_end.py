@@ -73,6 +73,20 @@ def test_point_lines_mark_exactly_the_won_points(run):
         assert max(won, lost) == 21, "a Pong episode ends when one side has 21 points"
 
 
+def test_log_reads_as_if_episodes_were_played_one_after_another(run):
+    """Even with two episodes played at once, each episode's point lines come
+    together, followed by its own 'resetting env.' line."""
+    current, order = 0, []
+    for line in run.result.lines[summary_end(run.result.lines) + 1:]:
+        if m := POINT_RE.match(line):
+            order.append((int(m[1]), "point"))
+            assert int(m[1]) == current, f"a line of episode {m[1]} while episode {current} is being logged: {order}"
+        elif EPISODE_RE.match(line):
+            order.append((current, "end"))
+            current += 1
+    assert current == 2
+
+
 def test_episode_totals_are_the_sums_of_their_points(run):
     log = parse_train_log(run.result.lines)
     assert len(log.episodes) == 2
