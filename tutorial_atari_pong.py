@@ -547,10 +547,11 @@ class WorkerPool:
                     except EOFError:
                         raise RuntimeError("an episode worker process died (its error is printed above)") from None
                     if kind == "line":
-                        if self.playing[connection] == number:
+                        owner = self.playing[connection]
+                        if owner == number:
                             say(payload)
                         else:
-                            held.setdefault(self.playing[connection], []).append(payload)
+                            held.setdefault(owner, []).append(payload)
                     else:
                         busy.discard(connection)
                         idle.append(connection)
