@@ -32,7 +32,7 @@ hidden = 200  # units in the hidden layer
 batch_size = 10  # episodes per parameter update
 learning_rate = 1e-4
 gamma = 0.99  # discount factor for rewards
-decay_rate = 0.99  # RMSProp decay (Keras calls it rho)
+decay_rate = 0.99  # RMSProp decay of the mean square of the gradient
 model_dir = "models"
 model_file_name = "model_pong"
 save_every = 100  # episodes between checkpoints (and progress lines)
@@ -81,7 +81,7 @@ warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")  # v0's
 gym.register_envs(ale_py)
 
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: Keras RMSprop's mean square (and step count) under rmsprop/...
 UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
 
 
@@ -282,18 +282,24 @@ def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_st
 
 
 def make_optimizer(model, learning_rate_value, decay_rate_value):
-    optimizer = tf.keras.optimizers.RMSprop(learning_rate=learning_rate_value, rho=decay_rate_value)
-    optimizer.build(model.trainable_weights)
+    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras'
+    RMSprop: its mean square starts at 1 and its epsilon is 1e-10, so the first
+    hundred or so updates take steps of about lr * g. Keras starts at 0, which
+    makes them about 10 * lr * sign(g) whatever the size of g."""
+    optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate_value, decay=decay_rate_value)
+    # Its slots appear at the first apply_gradients. A zero gradient creates
+    # them without moving any weight; the mean square then goes back to 1.
+    optimizer.apply_gradients([(tf.zeros_like(w), w) for w in model.trainable_weights])
+    for name, mean_square in mean_squares(optimizer, model).items():
+        mean_square.assign(tf.ones_like(mean_square))
     return optimizer
 
 
-def optimizer_slots(optimizer, model):
-    """RMSProp's state by name: its step count and one mean square per weight."""
-    slots = {"rmsprop/iterations": optimizer.iterations}
-    for weight in model.trainable_weights:
-        # Keras 3 keeps the slots in a list ordered like the weights it was built with.
-        slots["rmsprop/" + weight_key(weight)] = optimizer._velocities[optimizer._get_variable_index(weight)]
-    return slots
+def mean_squares(optimizer, model):
+    """RMSProp's state by checkpoint name: each weight's running mean square of
+    its gradient. (Its other slot, momentum, holds only the last step taken:
+    with momentum 0 it never enters the next one.)"""
+    return {"mean_square/" + weight_key(w): optimizer.get_slot(w, "rms") for w in model.trainable_weights}
 
 
 # --- Checkpoints -----------------------------------------------------------
@@ -302,7 +308,7 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
     """Write weights, RMSProp state, counters and the unfinished batch to
     path atomically: a temporary file, then os.replace."""
     arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
-    arrays.update({name: v.numpy() for name, v in optimizer_slots(optimizer, model).items()})
+    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
     hidden_w = model.get_layer("hidden").W
     arrays.update({
         "state/format": np.int64(CHECKPOINT_FORMAT),
@@ -339,8 +345,17 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
             arrays = {name: data[name] for name in data.files}
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
-    expected = {"hidden/weights": (input_size, hidden_units), "hidden/biases": (hidden_units,),
-                "output/weights": (hidden_units, len(ACTIONS)), "output/biases": (len(ACTIONS),),
+    if "state/format" not in arrays:
+        raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
+    found_format = int(arrays["state/format"])
+    if found_format not in (1, CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} has checkpoint format {found_format}; this script reads 1 and {CHECKPOINT_FORMAT}")
+    if found_format == 1:  # Keras' mean square is the same running average, started at 0
+        arrays.update({"mean_square/" + name[len("rmsprop/"):]: value for name, value in arrays.items()
+                       if name.startswith("rmsprop/") and name != "rmsprop/iterations"})
+    shapes = {"hidden/weights": (input_size, hidden_units), "hidden/biases": (hidden_units,),
+              "output/weights": (hidden_units, len(ACTIONS)), "output/biases": (len(ACTIONS),)}
+    expected = {**shapes, **{"mean_square/" + name: shape for name, shape in shapes.items()},
                 "state/episode": (), "state/running_mean": ()}
     for name, shape in expected.items():
         if name not in arrays:
@@ -349,9 +364,6 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
             found = arrays["config/hidden"] if "config/hidden" in arrays else "?"
             raise CheckpointError(f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
                                   f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})")
-    found_format = int(arrays.get("state/format", -1))
-    if found_format != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {found_format}; this script reads {CHECKPOINT_FORMAT}")
     return arrays
 
 
@@ -360,9 +372,8 @@ def restore(arrays, model, optimizer):
     for weight in model.trainable_weights:
         weight.assign(arrays[weight_key(weight)])
     if optimizer is not None:
-        for name, variable in optimizer_slots(optimizer, model).items():
-            if name in arrays:
-                variable.assign(arrays[name])
+        for name, mean_square in mean_squares(optimizer, model).items():
+            mean_square.assign(arrays[name])
     running_mean = float(arrays["state/running_mean"])
     return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending_episodes(arrays)
 
@@ -677,6 +688,9 @@ def train(args):
     episode, running_mean, batch = 0, None, []
     if arrays is not None:
         episode, running_mean, batch = restore(arrays, model, optimizer)
+        if int(arrays["state/format"]) == 1:
+            print(f"{path} was trained with Keras' RMSprop (checkpoint format 1): its mean square "
+                  "carries on as the tutorial's RMSProp's, and the next save writes format 2")
         print(f"resumed from {path} at episode {episode}, running mean "
               + ("none yet" if running_mean is None else f"{running_mean:f}"))
     elif os.path.exists(path):
@@ -822,7 +836,7 @@ def parse_args(argv=None):
     flag("--batch-size", type=positive_int, default=batch_size, help="episodes per RMSProp update")
     flag("--learning-rate", type=positive_float, default=learning_rate, help="RMSProp learning rate")
     flag("--gamma", type=discount, default=gamma, help="reward discount factor")
-    flag("--decay-rate", type=decay, default=decay_rate, help="RMSProp decay of the mean square (rho)")
+    flag("--decay-rate", type=decay, default=decay_rate, help="RMSProp decay of the mean square")
     flag("--hidden", type=positive_int, default=hidden, help="units in the hidden layer")
     flag("--seed", type=non_negative_int, default=seed, help="seeds the weights, the emulator and the action sampling")
     flag("--envs", type=positive_int, default=envs,

@@ -57,7 +57,7 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
     np.random.seed(seed)
     model = get_model([None, D], seed)
     model.eval()
-    optimizer = tf.optimizers.RMSprop(learning_rate, rho=decay_rate)
+    optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate, decay=decay_rate)  # the tutorial's
 
     def update(xs, ys, rs):
         epx = np.vstack(xs)  # every observation of the batch, dense float32

@@ -1,9 +1,9 @@
-"""The model shipped in models/pretrained/ plays better than chance."""
+"""The shipped model plays better than chance."""
 import pathlib
 
 import numpy as np
 
-PRETRAINED = pathlib.Path(__file__).resolve().parent.parent / "models" / "pretrained" / "model_pong.npz"
+PRETRAINED = pathlib.Path(__file__).resolve().parent.parent / "models" / "keras-rmsprop" / "model_pong.npz"
 WEIGHT_NAMES = ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
 
 

@@ -3,6 +3,7 @@ import math
 import os
 import pathlib
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -325,33 +326,86 @@ def test_update_policy_applies_the_dense_gradient_whatever_the_chunk_size(pong, 
     assert np.abs(applied[0][0]).max() > 0  # the comparison is not between two zero gradients
 
 
-def test_update_policy_takes_one_rmsprop_step_like_keras_on_the_dense_gradient(pong):
-    episodes = make_batch(pong, seed=1)
+def one_weight(values):
+    """A stand-in model with one weight, for the optimizer alone."""
+    return types.SimpleNamespace(trainable_weights=[tf.Variable(np.array(values, np.float32), name="w")])
+
+
+def test_make_optimizer_starts_tf1_rmsprop_with_mean_square_1_without_moving_a_weight(pong):
+    model = fresh_policy(pong)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    optimizer = pong.make_optimizer(model, 1e-4, 0.99)
+    assert isinstance(optimizer, tf.compat.v1.train.RMSPropOptimizer)
+    for b, w in zip(before, model.trainable_weights):
+        np.testing.assert_array_equal(w.numpy(), b)
+        assert np.all(optimizer.get_slot(w, "rms").numpy() == 1)
+        assert np.all(optimizer.get_slot(w, "momentum").numpy() == 0)
+    assert set(pong.mean_squares(optimizer, model)) == {
+        "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
+        "mean_square/output/biases"}
+
+
+def test_first_two_rmsprop_steps_by_hand_with_the_default_settings(pong):
+    """TF1 RMSProp: ms = decay * ms + (1 - decay) * g^2, w -= lr * g / sqrt(ms + 1e-10), ms starting at 1."""
+    args = pong.parse_args([])
+    model = one_weight([0.0, 0.0, 0.0])  # at 0 the weights are the steps, to float32's full precision
+    optimizer = pong.make_optimizer(model, args.learning_rate, args.decay_rate)
+    w = model.trainable_weights[0]
+    optimizer.apply_gradients([(tf.constant([0.5, -0.1, 0.0]), w)])
+    # ms = 0.99 + 0.01 * [0.25, 0.01, 0] = [0.9925, 0.9901, 0.99]
+    np.testing.assert_allclose(optimizer.get_slot(w, "rms").numpy(), [0.9925, 0.9901, 0.99], rtol=1e-7)
+    # steps 1e-4 * [0.5, -0.1, 0] / sqrt(ms + 1e-10)
+    first = np.array([-5.0188561e-05, 1.0049871e-05, 0.0])
+    np.testing.assert_allclose(w.numpy(), first, rtol=1e-6)
+    optimizer.apply_gradients([(tf.constant([-2.0, 0.0, 1e-3]), w)])
+    # ms = 0.99 * ms + 0.01 * [4, 0, 1e-6] = [1.022575, 0.980199, 0.98010001]
+    np.testing.assert_allclose(optimizer.get_slot(w, "rms").numpy(), [1.022575, 0.980199, 0.98010001], rtol=1e-7)
+    # steps 1e-4 * [-2, 0, 1e-3] / sqrt(ms + 1e-10)
+    np.testing.assert_allclose(w.numpy(), first + [1.9778002e-04, 0.0, -1.0101010e-07], rtol=1e-6)
+
+
+def test_rmsprop_epsilon_is_tf1s_1e_10(pong):
+    """Visible only where the mean square is tiny: with it at 0 and g = 1e-6,
+    the step is lr * g / sqrt(0.01 g^2 + eps) = 1e-5 for eps = 1e-10 (3.2e-7 for Keras' 1e-7)."""
+    model = one_weight([0.0])
+    optimizer = pong.make_optimizer(model, 1e-4, 0.99)
+    w = model.trainable_weights[0]
+    optimizer.get_slot(w, "rms").assign([0.0])
+    optimizer.apply_gradients([(tf.constant([1e-6]), w)])
+    np.testing.assert_allclose(w.numpy(), [-1e-4 * 1e-6 / math.sqrt(0.01 * 1e-12 + 1e-10)], rtol=1e-5)
+
+
+def tf1_rmsprop(weights, mean_squares, gradients, lr=1e-4, decay=0.99):
+    """One step of the tutorial's optimizer in float64 numpy."""
+    mean_squares = [decay * m + (1 - decay) * g.astype(np.float64) ** 2 for m, g in zip(mean_squares, gradients)]
+    weights = [w - lr * g / np.sqrt(m + 1e-10) for w, g, m in zip(weights, gradients, mean_squares)]
+    return weights, mean_squares
+
+
+def test_update_policy_takes_two_tf1_rmsprop_steps_on_the_dense_gradients(pong):
+    """The real update path (chunked sparse gradient, then the optimizer)
+    against the dense tape gradient and the formula, for two batches."""
     model, reference = fresh_policy(pong), fresh_policy(pong)
     optimizer = pong.make_optimizer(model, 1e-4, 0.99)
-    pong.update_policy(model, optimizer, pong.make_gradient_fn(model), episodes, 0.99, chunk_steps=7)
-
-    gradients = dense_gradients(reference, episodes, 0.99)
-    reference_optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4, rho=0.99)
-    reference_optimizer.apply_gradients(zip(gradients, reference.trainable_weights))
-
-    assert int(optimizer.iterations.numpy()) == 1
-    for w, r in zip(model.trainable_weights, reference.trainable_weights):
-        np.testing.assert_allclose(w.numpy(), r.numpy(), rtol=1e-5, atol=1e-7)
-    # RMSProp's mean square after one step is (1 - rho) * g^2: checks the gradient's magnitude too
-    slots = pong.optimizer_slots(optimizer, model)
-    for w, g in zip(model.trainable_weights, gradients):
-        np.testing.assert_allclose(slots["rmsprop/" + pong.weight_key(w)].numpy(), 0.01 * g ** 2,
-                                   rtol=1e-3, atol=1e-6 * (0.01 * g ** 2).max())
-
-
-def test_make_optimizer_uses_the_default_learning_rate_and_decay(pong):
-    args = pong.parse_args([])
-    optimizer = pong.make_optimizer(fresh_policy(pong), args.learning_rate, args.decay_rate)
-    assert isinstance(optimizer, tf.keras.optimizers.RMSprop)
-    assert float(optimizer.learning_rate.numpy()) == pytest.approx(1e-4)
-    assert optimizer.rho == pytest.approx(0.99)
-    assert int(optimizer.iterations.numpy()) == 0
+    gradient_fn = pong.make_gradient_fn(model)
+    weights = [w.numpy().astype(np.float64) for w in reference.trainable_weights]
+    squares = [np.ones_like(w) for w in weights]
+    for seed in (1, 2):
+        episodes = make_batch(pong, seed=seed)
+        for r, w in zip(reference.trainable_weights, weights):
+            r.assign(w.astype(np.float32))
+        gradients = dense_gradients(reference, episodes, 0.99)
+        previous = [w.numpy() for w in model.trainable_weights]
+        pong.update_policy(model, optimizer, gradient_fn, episodes, 0.99, chunk_steps=7)
+        weights, squares = tf1_rmsprop(weights, squares, gradients)
+        for w, p, expected, ms, name in zip(model.trainable_weights, previous, weights, squares,
+                                            pong.mean_squares(optimizer, model)):
+            step, expected_step = w.numpy() - p, expected - p
+            assert np.abs(expected_step).max() > 1e-6, name  # the weights really moved
+            np.testing.assert_allclose(step, expected_step, rtol=2e-3, atol=2e-3 * np.abs(expected_step).max(),
+                                       err_msg=name)
+            np.testing.assert_allclose(pong.mean_squares(optimizer, model)[name].numpy(), ms, rtol=1e-5,
+                                       err_msg=name)
 
 
 # --- checkpoints -------------------------------------------------------------------
@@ -389,14 +443,13 @@ def test_checkpoint_round_trip_restores_everything(pong, trained, tmp_path):
     assert running_mean == -20.25
     for w, o in zip(model.trainable_weights, other.trainable_weights):
         np.testing.assert_array_equal(o.numpy(), w.numpy())
-    saved_slots, restored_slots = pong.optimizer_slots(optimizer, model), pong.optimizer_slots(other_optimizer, other)
-    assert set(saved_slots) == set(restored_slots) == {
-        "rmsprop/iterations", "rmsprop/hidden/weights", "rmsprop/hidden/biases",
-        "rmsprop/output/weights", "rmsprop/output/biases"}
-    assert int(restored_slots["rmsprop/iterations"].numpy()) == 1
-    for name in saved_slots:
-        assert np.abs(saved_slots[name].numpy()).max() > 0, name
-        np.testing.assert_array_equal(restored_slots[name].numpy(), saved_slots[name].numpy(), err_msg=name)
+    saved, restored = pong.mean_squares(optimizer, model), pong.mean_squares(other_optimizer, other)
+    assert set(saved) == set(restored) == {
+        "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
+        "mean_square/output/biases"}
+    for name in saved:
+        assert np.any(saved[name].numpy() != 1), name  # moved away from the start by the update
+        np.testing.assert_array_equal(restored[name].numpy(), saved[name].numpy(), err_msg=name)
     assert_same_episodes(restored_pending, pending)
 
 
@@ -406,6 +459,64 @@ def test_checkpoint_round_trip_without_running_mean_or_pending(pong, trained, tm
     pong.save_checkpoint(path, model, optimizer, 0, None, [])
     episode, running_mean, pending = pong.restore(pong.read_checkpoint(path, 200), fresh_policy(pong), None)
     assert (episode, running_mean, pending) == (0, None, [])
+
+
+def test_a_resumed_run_applies_the_same_next_update_as_one_that_never_stopped(pong, tmp_path):
+    steady = fresh_policy(pong, seed=13)
+    steady_optimizer = pong.make_optimizer(steady, 1e-4, 0.99)
+    steady_gradient = pong.make_gradient_fn(steady)
+    pong.update_policy(steady, steady_optimizer, steady_gradient, make_batch(pong, seed=4), 0.99)
+    path = str(tmp_path / "ck.npz")
+    pong.save_checkpoint(path, steady, steady_optimizer, 10, -20.5, [])
+
+    resumed = fresh_policy(pong, seed=14)
+    resumed_optimizer = pong.make_optimizer(resumed, 1e-4, 0.99)
+    pong.restore(pong.read_checkpoint(path, 200), resumed, resumed_optimizer)
+    next_batch = make_batch(pong, seed=5)
+    pong.update_policy(steady, steady_optimizer, steady_gradient, next_batch, 0.99)
+    pong.update_policy(resumed, resumed_optimizer, pong.make_gradient_fn(resumed), next_batch, 0.99)
+    for s, r in zip(steady.trainable_weights, resumed.trainable_weights):
+        np.testing.assert_array_equal(r.numpy(), s.numpy(), err_msg=s.name)
+    for name, square in pong.mean_squares(steady_optimizer, steady).items():
+        np.testing.assert_array_equal(pong.mean_squares(resumed_optimizer, resumed)[name].numpy(), square.numpy(),
+                                      err_msg=name)
+
+
+def as_format_1(arrays):
+    """A checkpoint as the Keras-RMSprop script wrote it: format 1, its mean
+    squares under rmsprop/..., and Keras' step count."""
+    old = {name: value for name, value in arrays.items() if not name.startswith("mean_square/")}
+    old.update({"rmsprop/" + name[len("mean_square/"):]: value for name, value in arrays.items()
+                if name.startswith("mean_square/")})
+    old.update({"state/format": np.int64(1), "rmsprop/iterations": np.int64(3)})
+    return old
+
+
+def test_a_format_1_checkpoint_restores_keras_mean_square_as_the_starting_one(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 30, -19.0, [])
+    keras_squares = {name: value * 0.5 for name, value in load_checkpoint(path).items()
+                     if name.startswith("mean_square/")}  # differ from the slots' values, to be seen
+    np.savez(path, **as_format_1({**load_checkpoint(path), **keras_squares}))
+
+    arrays = pong.read_checkpoint(str(path), 200)
+    assert int(arrays["state/format"]) == 1
+    other = fresh_policy(pong, seed=15)
+    other_optimizer = pong.make_optimizer(other, 1e-4, 0.99)
+    assert pong.restore(arrays, other, other_optimizer)[0] == 30
+    for name, square in pong.mean_squares(other_optimizer, other).items():
+        np.testing.assert_array_equal(square.numpy(), keras_squares[name], err_msg=name)
+    for w, o in zip(model.trainable_weights, other.trainable_weights):
+        np.testing.assert_array_equal(o.numpy(), w.numpy())
+
+
+def test_read_checkpoint_refuses_an_unknown_format(pong, trained, tmp_path):
+    model, optimizer = trained
+    path = tmp_path / "ck.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
+    np.savez(path, **{**load_checkpoint(path), "state/format": np.int64(3)})
+    assert "format 3" in expect_checkpoint_error(pong, path)
 
 
 def test_checkpoint_is_plain_numpy_without_pickle(pong, trained, tmp_path):
