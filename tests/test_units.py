@@ -12,100 +12,88 @@ import tensorlayer as tl
 
 from helpers import load_checkpoint, new_policy
 
-FRAME_SHAPE = (210, 160, 3)
-BACKGROUND = 144  # the playing field's colour in channel 0
-PADDLE = 236
+SCREEN_SHAPE = (210, 160)  # the emulator's screen, one palette index per pixel
+BACKGROUND = 34  # the playing field's colour (red 144 in RGB)
+LOWER_BACKGROUND = 228  # the other background colour (red 109)
+PADDLE = 200
 
 
-def blank_frame(value=BACKGROUND):
-    return np.full(FRAME_SHAPE, value, np.uint8)
+def blank_screen(value=BACKGROUND):
+    return np.full(SCREEN_SHAPE, value, np.uint8)
 
 
 # --- prepro ------------------------------------------------------------------
 
-def test_prepro_returns_6400_int8_values(pong):
-    out = pong.prepro(blank_frame())
+def test_prepro_returns_6400_booleans(pong):
+    out = pong.prepro(blank_screen())
     assert out.shape == (6400,)
-    assert out.dtype == np.int8
+    assert out.dtype == bool
 
 
-@pytest.mark.parametrize("background", [144, 109])
+@pytest.mark.parametrize("background", [BACKGROUND, LOWER_BACKGROUND])
 def test_prepro_erases_both_background_colours(pong, background):
-    assert not pong.prepro(blank_frame(background)).any()
+    assert not pong.prepro(blank_screen(background)).any()
 
 
 def test_prepro_marks_kept_pixels_at_row_major_index(pong):
-    frame = blank_frame()
-    expected = np.zeros(6400, np.int8)
+    screen = blank_screen()
+    expected = np.zeros(6400, bool)
     for k, j in [(0, 0), (0, 79), (5, 7), (40, 40), (79, 0), (79, 79)]:
-        frame[35 + 2 * k, 2 * j, 0] = PADDLE
-        expected[k * 80 + j] = 1
-    np.testing.assert_array_equal(pong.prepro(frame), expected)
+        screen[35 + 2 * k, 2 * j] = PADDLE
+        expected[k * 80 + j] = True
+    np.testing.assert_array_equal(pong.prepro(screen), expected)
 
 
-def test_prepro_sets_every_other_colour_to_one(pong):
-    frame = blank_frame()
-    for j, value in enumerate([0, 1, 17, 53, 92, 143, 145, 213, 236, 255]):
-        frame[35, 2 * j, 0] = value
-    out = pong.prepro(frame)
-    np.testing.assert_array_equal(out[:10], np.ones(10, np.int8))
-    assert out.sum() == 10
+def test_prepro_marks_every_other_colour(pong):
+    screen = blank_screen()
+    for j, value in enumerate([0, 14, 33, 35, 56, 138, 200, 210, 227, 250]):
+        screen[35, 2 * j] = value
+    out = pong.prepro(screen)
+    assert out[:10].all() and out.sum() == 10
 
 
 def test_prepro_ignores_odd_rows_odd_columns_and_outside_the_crop(pong):
-    frame = blank_frame()
-    frame[36, 0, 0] = PADDLE  # odd row inside the crop (35 + 1)
-    frame[35, 1, 0] = PADDLE  # odd column
-    frame[0:35, :, 0] = PADDLE  # score area above the field
-    frame[34, :, 0] = PADDLE
-    frame[195:, :, 0] = PADDLE  # below the field
-    assert not pong.prepro(frame).any()
-
-
-def test_prepro_reads_only_channel_0(pong):
-    frame = blank_frame()
-    frame[:, :, 1] = PADDLE
-    frame[:, :, 2] = 0
-    assert not pong.prepro(frame).any()
-    frame[35 + 2 * 3, 2 * 4, 0] = PADDLE
-    assert np.flatnonzero(pong.prepro(frame)).tolist() == [3 * 80 + 4]
+    screen = blank_screen()
+    screen[36, 0] = PADDLE  # odd row inside the crop (35 + 1)
+    screen[35, 1] = PADDLE  # odd column
+    screen[0:35, :] = PADDLE  # score area above the field
+    screen[34, :] = PADDLE
+    screen[195:, :] = PADDLE  # below the field
+    assert not pong.prepro(screen).any()
 
 
 def test_prepro_last_kept_row_is_193(pong):
-    frame = blank_frame()
-    frame[193, 0, 0] = PADDLE
-    assert np.flatnonzero(pong.prepro(frame)).tolist() == [79 * 80]
+    screen = blank_screen()
+    screen[193, 0] = PADDLE
+    assert np.flatnonzero(pong.prepro(screen)).tolist() == [79 * 80]
 
 
 # --- difference frames ---------------------------------------------------------
 
-def test_diff_frame_is_zeros_on_the_first_step(pong):
-    current = np.ones(6400, np.int8)
-    diff = pong.diff_frame(current, None)
-    assert diff.shape == (6400,) and diff.dtype == np.int8
-    assert not diff.any()
+def test_diff_frame_is_empty_on_the_first_step(pong):
+    indices, signs = pong.diff_frame(np.ones(6400, bool), None)
+    assert indices.dtype == np.int16 and signs.dtype == np.int8
+    assert len(indices) == 0 and len(signs) == 0
 
 
-def test_diff_frame_is_current_minus_previous(pong):
-    previous = np.array([0, 1, 1, 0, 0], np.int8)
-    current = np.array([1, 1, 0, 0, 1], np.int8)
-    diff = pong.diff_frame(current, previous)
-    np.testing.assert_array_equal(diff, [1, 0, -1, 0, 1])
-    assert set(np.unique(diff)) <= {-1, 0, 1}
+def test_diff_frame_is_current_minus_previous_at_the_changed_pixels(pong):
+    previous = np.zeros(6400, bool)
+    current = np.zeros(6400, bool)
+    previous[[1, 2, 6399]] = True
+    current[[0, 1, 4, 6398]] = True
+    indices, signs = pong.diff_frame(current, previous)
+    assert indices.dtype == np.int16 and signs.dtype == np.int8
+    assert indices.tolist() == [0, 2, 4, 6398, 6399]
+    assert signs.tolist() == [1, -1, 1, 1, -1]
+    dense = current.astype(np.int8) - previous.astype(np.int8)
+    np.testing.assert_array_equal(dense[indices], signs)
+    assert np.count_nonzero(dense) == len(indices)
 
 
-def test_sparse_frame_keeps_indices_as_int16_and_signs(pong):
-    diff = np.zeros(6400, np.int8)
-    diff[[3, 80, 6399]] = [1, -1, 1]
-    indices, signs = pong.sparse_frame(diff)
-    assert indices.dtype == np.int16
-    assert indices.tolist() == [3, 80, 6399]
-    assert signs.dtype == np.int8
-    assert signs.tolist() == [1, -1, 1]
-
-
-def test_sparse_frame_of_zeros_is_empty(pong):
-    indices, signs = pong.sparse_frame(np.zeros(6400, np.int8))
+def test_diff_frame_of_two_equal_frames_is_empty(pong):
+    frame = np.zeros(6400, bool)
+    frame[::7] = True
+    indices, signs = pong.diff_frame(frame, frame.copy())
     assert len(indices) == 0 and len(signs) == 0
 
 
