@@ -3,6 +3,8 @@
 In one run, for the same number of agent steps, side by side:
 
   emulator   the bare emulator: Pong-v0, random actions from [1, 2, 3], one process
+  ceiling    K such emulator processes at once, K = the own loop's worker count
+             (--envs), the steps split evenly among them: the machine's limit
   reference  bench/reference_loop.py: the straightforward TensorLayer loop (dense
              float32 frames, eager forward per step, dense update every batch)
   own        the project's real training loop, tutorial_atari_pong.main(), at its
@@ -12,16 +14,19 @@ and separately the project's update path (update_policy) on one 100,000-step
 batch of synthetic sparse difference frames.
 
 Each variant runs in its own subprocess (this file re-invoked with --variant),
-so its peak RSS is its own. The own loop runs first, for --episodes episodes;
-the agent steps it played (from its progress.csv) are then played by the
-emulator and the reference loop.
+so its peak RSS is its own. The own loop runs first, for --episodes episodes
+(by default three batches, so three updates and the idle workers at the end of
+each batch are in its figure); the agent steps it played (from its
+progress.csv) are then played by the emulator, the ceiling and the reference
+loop.
 
 Prints a table, then as its last line one JSON object.
 
-    python bench/benchmark.py                 # default: 10 episodes (~12k steps), 100k update
+    python bench/benchmark.py                 # default: 30 episodes (~36k steps), 100k update
     python bench/benchmark.py --episodes 1 --batch-size 1 --update-steps 5000   # quick
 """
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -33,10 +38,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-VARIANTS = ("emulator", "reference", "own")
+VARIANTS = ("emulator", "reference", "own")  # each one process; the ceiling is K emulator processes
 
 
 # --- Measuring -------------------------------------------------------------
+
+def now():
+    """CLOCK_MONOTONIC: one clock for every process on the machine, so the
+    start and end times of the ceiling's emulator processes compare."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
 
 def peak_rss_mb(who=resource.RUSAGE_SELF):
     """Peak resident set size in MB (ru_maxrss is in KiB on Linux). For
@@ -74,16 +85,20 @@ def variant_emulator(args):
     env = gym.make("Pong-v0")
     env.reset(seed=args.seed)
     actions = np.random.default_rng(args.seed).choice([1, 2, 3], size=args.steps).tolist()
+    if args.wait_for_go:  # one of the ceiling's processes: start stepping when all of them are ready
+        print("ready", flush=True)
+        sys.stdin.readline()
     episodes = 0
-    started = time.perf_counter()
+    started = now()
     for action in actions:
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             episodes += 1
             env.reset()
-    seconds = time.perf_counter() - started
+    ended = now()
     env.close()
-    return {"steps": args.steps, "episodes": episodes, "updates": 0, "seconds": seconds,
+    return {"steps": args.steps, "episodes": episodes, "updates": 0, "seconds": ended - started,
+            "started": started, "ended": ended, "seed": args.seed,
             "timed": "emulator loop only (env built and seeded before the clock starts)",
             "peak_rss_mb": peak_rss_mb()}
 
@@ -103,7 +118,6 @@ def variant_own(args):
     loop starts) to the return of its last update_policy call (--save-every is
     set past the run, so nothing else follows in the loop); the whole call is
     timed as well. Both hooks only observe: the real functions run."""
-    import contextlib
     tap = import_project()
     marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0}
     original_log, original_update = tap.ProgressLog, tap.update_policy
@@ -218,18 +232,68 @@ def run_variant(args):
 
 # --- The driver ------------------------------------------------------------
 
+def variant_command(variant, extra):
+    return [sys.executable, os.path.abspath(__file__), "--variant", variant] + extra
+
+
+def variant_result(variant, returncode, stdout, stderr):
+    """The JSON on a variant's last line of output, or exit with its output."""
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        sys.stderr.write(stdout[-4000:] + stderr[-4000:])
+        raise SystemExit(f"benchmark: variant {variant} failed with exit status {returncode}")
+    return json.loads(lines[-1])
+
+
 def spawn(variant, extra, timeout):
     """Run one variant in a fresh interpreter; return its JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--variant", variant] + extra
     try:
-        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        completed = subprocess.run(variant_command(variant, extra), cwd=ROOT, capture_output=True, text=True,
+                                   timeout=timeout)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"benchmark: variant {variant} ran past --timeout {timeout:g} s") from None
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
-        raise SystemExit(f"benchmark: variant {variant} failed with exit status {completed.returncode}")
-    return json.loads(lines[-1])
+    return variant_result(variant, completed.returncode, completed.stdout, completed.stderr)
+
+
+def spawn_ceiling(processes, steps, seed, timeout):
+    """The ceiling: `processes` emulator variants at once, seeds seed, seed+1, ...,
+    the steps split evenly. Each builds and seeds its env, says "ready", and
+    starts its clock only when the driver, having heard all of them, answers
+    "go": so they step together, as the own loop's workers do."""
+    shares = [steps // processes + (i < steps % processes) for i in range(processes)]
+    stderrs = [tempfile.TemporaryFile("w+") for _ in shares]  # a file, not a pipe: it never fills and blocks
+    children = [subprocess.Popen(variant_command("emulator", ["--steps", str(share), "--seed", str(seed + i),
+                                                              "--wait-for-go"]),
+                                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+                for i, (share, stderr) in enumerate(zip(shares, stderrs))]
+    deadline = time.monotonic() + timeout
+    try:
+        early_lines = [child.stdout.readline() for child in children]  # "ready", or "" if it died
+        for child in children:
+            with contextlib.suppress(BrokenPipeError):  # one that died is reported below, with its output
+                child.stdin.write("go\n")
+                child.stdin.flush()
+        results = []
+        for child, early, stderr in zip(children, early_lines, stderrs):
+            stdout, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            stderr.seek(0)
+            results.append(variant_result("ceiling", child.returncode, early + stdout, stderr.read()))
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"benchmark: variant ceiling ran past --timeout {timeout:g} s") from None
+    finally:
+        for child, stderr in zip(children, stderrs):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            stderr.close()
+    first_start, last_end = min(r["started"] for r in results), max(r["ended"] for r in results)
+    return {"processes": processes, "steps": sum(r["steps"] for r in results),
+            "episodes": sum(r["episodes"] for r in results), "updates": 0, "seconds": last_end - first_start,
+            "summed_steps_per_s": sum(r["steps"] / r["seconds"] for r in results),
+            "wall_steps_per_s": steps / (last_end - first_start),
+            "start_spread_s": max(r["started"] for r in results) - first_start,
+            "end_spread_s": last_end - min(r["ended"] for r in results),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "per_process": results}
 
 
 def positive_int(text):
@@ -246,7 +310,7 @@ def fmt(value, spec):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--episodes", type=positive_int, default=10,
+    parser.add_argument("--episodes", type=positive_int, default=30,
                         help="episodes of the project's loop; the others play the same number of agent steps")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="episodes per update, for the own and reference loops (default: the project's)")
@@ -256,6 +320,7 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=280, help="seconds allowed to each variant")
     parser.add_argument("--variant", choices=VARIANTS + ("update",), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant:
@@ -274,26 +339,29 @@ def main(argv=None):
                          "pass --batch-size too")
     batch_size = results["own"]["batch_size"]  # the project's default unless --batch-size
     results["emulator"] = spawn("emulator", common + ["--steps", str(steps)], args.timeout)
+    results["ceiling"] = spawn_ceiling(results["own"]["envs"], steps, args.seed, args.timeout)
     if not args.skip_reference:
         results["reference"] = spawn("reference", ["--seed", str(args.seed), "--batch-size", str(batch_size),
                                                    "--steps", str(steps)], args.timeout)
     update = spawn("update", common + ["--update-steps", str(args.update_steps)], args.timeout)
 
     rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
+    ceiling = results["ceiling"]
+    rate["ceiling"] = ceiling["summed_steps_per_s"]
     own = results["own"]
     print(f"Pong-v0 training loop benchmark: {steps} agent steps each (own loop: {own['episodes']} episodes, "
           f"--envs {own['envs']}, batch size {batch_size})")
     print()
     print(f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
-          f"{'peak RSS MB':>13}{'update s':>10}")
-    for name in ("emulator", "reference", "own"):
+          f"{'x ceiling':>11}{'peak RSS MB':>13}{'update s':>10}")
+    for name in ("emulator", "ceiling", "reference", "own"):
         if name not in results:
             continue
         r = results[name]
         print(f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
-              f"{rate[name] / rate['emulator']:>12.2f}{r['peak_rss_mb']:>13.0f}"
+              f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}{r['peak_rss_mb']:>13.0f}"
               f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}")
-    print(f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}"
+    print(f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}{'':>11}"
           f"{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}")
     print()
     print("seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
@@ -301,21 +369,29 @@ def main(argv=None):
     print(f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the first traces the "
           f"tf.function); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
           f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing.")
-    print(f"peak RSS: ru_maxrss of the variant's process. own: the trainer process; its {own['envs']} worker "
-          f"processes peaked at {own['peak_rss_children_mb']:.0f} MB each at most (forked from the trainer, "
-          "so largely shared pages: not additive).")
+    process_rates = " + ".join(format(r["steps"] / r["seconds"], ".0f") for r in ceiling["per_process"])
+    print(f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), "
+          f"started within {ceiling['start_spread_s'] * 1000:.1f} ms of each other; steps/s is the sum of their "
+          f"own rates ({process_rates}); seconds is from the first start to the last end (they ended "
+          f"{ceiling['end_spread_s']:.2f} s apart), over which they made {ceiling['wall_steps_per_s']:.0f} steps/s.")
+    print(f"peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). own: the trainer "
+          f"process; its {own['envs']} worker processes peaked at {own['peak_rss_children_mb']:.0f} MB each at "
+          "most (forked from the trainer, so largely shared pages: not additive).")
     print(f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
           f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
           f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process.")
-    if "reference" in results:
-        print(f"own loop: {rate['own'] / rate['emulator']:.2f}x the bare emulator, "
-              f"{rate['own'] / rate['reference']:.1f}x the reference loop.")
+    print(f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, {rate['own'] / rate['emulator']:.2f}x "
+          "the bare emulator" + (f", {rate['own'] / rate['reference']:.1f}x the reference loop."
+                                 if "reference" in results else "."))
     print(f"benchmark wall time {time.perf_counter() - started:.1f} s")
     summary = {
         "steps": steps,
         "steps_per_s": rate,
         "ratio_vs_emulator": rate["own"] / rate["emulator"],
         "ratio_vs_reference": rate["own"] / rate["reference"] if "reference" in rate else None,
+        "ratio_vs_ceiling": rate["own"] / rate["ceiling"],
+        "ceiling_processes": ceiling["processes"],
+        "ceiling_wall_steps_per_s": ceiling["wall_steps_per_s"],
         "update_100k_s": update["seconds"],
         "update_100k_steps": update["steps"],
         "peak_rss_100k_mb": update["peak_rss_mb"],
