@@ -482,13 +482,16 @@ class LocalPlayer:
         self.env.close()
 
 
-def worker_main(connection, entropy, record_dir, record_every):
+def worker_main(connection, trainer_ends, entropy, record_dir, record_every):
     """A worker process: plays the episodes it is sent with the weights it was
-    last sent, and sends back point lines and finished episodes."""
+    last sent, and sends back point lines and finished episodes. It ends when
+    the trainer has gone, however it went: then its next recv or send fails."""
     # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to
     # handle: it saves, then stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
+        end.close()
     try:
         player = LocalPlayer(entropy, None, record_dir, record_every)
         weights = None
@@ -515,8 +518,8 @@ class WorkerPool:
         self.record_dir, self.record_every = record_dir, record_every
         for i in range(count):
             ours, theirs = context.Pipe()
-            process = context.Process(target=worker_main, args=(theirs, entropy + (i,), record_dir, record_every),
-                                      daemon=True)
+            process = context.Process(target=worker_main, daemon=True, args=(
+                theirs, self.connections + [ours], entropy + (i,), record_dir, record_every))
             process.start()
             theirs.close()
             self.connections.append(ours)
@@ -669,6 +672,9 @@ def train(args):
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
+    if args.envs > args.batch_size:
+        print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
+        args.envs = args.batch_size
     first_episode = 0 if arrays is None else int(arrays["state/episode"])
     player = make_player(args, first_episode, args.record_every)  # before TensorFlow starts its threads
     stop = StopFlag()

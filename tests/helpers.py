@@ -3,9 +3,13 @@ import csv
 import dataclasses
 import os
 import pathlib
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -73,6 +77,89 @@ def run_script(args, cwd, env=None, timeout=300):
 def start_script(args, cwd, env=None):
     return subprocess.Popen([sys.executable, str(SCRIPT), *[str(a) for a in args]], cwd=cwd,
                             env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class LiveRun:
+    """The script running in the background; its stdout is read line by line
+    as it comes, so a test can act at a chosen line."""
+
+    def __init__(self, args, cwd):
+        self.process = start_script(args, cwd)
+        self.seen, self._lines = [], queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for(self, pattern):
+        """The match of the next line that matches pattern."""
+        while True:
+            line = self._lines.get(timeout=240)  # a guard against a hang, not a timing assertion
+            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(self.seen[-20:])
+            self.seen.append(line)
+            if match := pattern.match(line):
+                return match
+
+    def finish(self, timeout=60):
+        """Wait for the exit; all of stdout read, and stderr."""
+        returncode = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while (line := self._lines.get_nowait()) is not None:
+            self.seen.append(line)
+        return returncode, self.process.stderr.read()
+
+    def kill(self):
+        """Stop it by force, and all it started: a failing test leaves nothing behind."""
+        if self.process.poll() is None:
+            started = descendants(self.process.pid)
+            self.process.kill()
+            self.process.wait()
+            left_after(started, seconds=0)
+
+
+def descendants(pid):
+    """Process ids of pid's children, their children and so on (Linux /proc)."""
+    children = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return sorted(found)
+
+
+def running(pids):
+    """Those of pids that are still running (a zombie has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def left_after(pids, seconds=10):
+    """The processes of pids still running after at most `seconds`; those
+    are then killed, so that a failing test leaves nothing behind either."""
+    deadline = time.monotonic() + seconds
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(pids)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @dataclasses.dataclass

@@ -1,18 +1,15 @@
 """The script run as a user runs it: a subprocess, the real Pong-v0 emulator."""
 import datetime
-import queue
 import re
 import shutil
 import signal
-import subprocess
-import threading
 
 import numpy as np
 import pytest
 
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, SAVED_RE, SCRIPT, STALE_REWARD, assert_one_line_error,
-                     load_checkpoint, new_policy, parse_train_log, read_progress, run_script, running_means,
-                     script_env, start_script)
+from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
+                     assert_one_line_error, descendants, left_after, load_checkpoint, new_policy, parse_train_log,
+                     read_progress, run_script, running_means, script_env)
 
 pytestmark = pytest.mark.e2e
 
@@ -214,13 +211,7 @@ def test_progress_csv_continues_across_resume_and_drops_stale_rows(resumed):
     assert float(rows[2]["running_mean"]) == pytest.approx(mean, abs=1e-6)
 
 
-# --- stopping with a signal ------------------------------------------------------------
-
-def read_lines_into(stream, lines):
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
+# --- stopping with a signal, or by force ------------------------------------------------
 
 @pytest.mark.parametrize("signum, envs, wait_for", [
     (signal.SIGINT, 2, POINT_RE),  # Ctrl-C part-way through the first episode, with worker processes
@@ -228,28 +219,14 @@ def read_lines_into(stream, lines):
 ], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_for):
     model_dir = tmp_path / "m"
-    process = start_script(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1],
-                           tmp_path)
-    lines, seen = queue.Queue(), []
-    reader = threading.Thread(target=read_lines_into, args=(process.stdout, lines), daemon=True)
-    reader.start()
+    run = LiveRun(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1], tmp_path)
     try:
-        while True:
-            line = lines.get(timeout=240)  # a guard against a hang, not a timing assertion
-            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(seen[-20:])
-            seen.append(line)
-            if wait_for.match(line):
-                break
-        process.send_signal(signum)
-        returncode = process.wait(timeout=60)
+        run.wait_for(wait_for)
+        run.process.send_signal(signum)
+        returncode, stderr = run.finish()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(timeout=10)
-    while (line := lines.get_nowait()) is not None:
-        seen.append(line)
-    stderr = process.stderr.read()
+        run.kill()
+    seen = run.seen
 
     assert returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
@@ -262,6 +239,23 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
     assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
     assert not (model_dir / "model_pong.npz.tmp").exists()
+
+
+def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
+    """kill -9 of the trainer part-way through a batch: its worker processes
+    notice and end. --envs above the batch size is capped, with one line."""
+    run = LiveRun(["--envs", 3, "--batch-size", 2, "--model-dir", tmp_path / "m"], tmp_path)
+    try:
+        run.wait_for(POINT_RE)  # both workers are playing
+        workers = descendants(run.process.pid)
+        run.process.kill()
+        run.process.wait()
+        left = left_after(workers, seconds=10)
+    finally:
+        run.kill()
+    assert left == [], f"worker processes {left} of {workers} outlived the trainer"
+    assert "--envs 3 is more than the batch size: 2 episodes are played at once" in run.seen
+    assert len(workers) == 2
 
 
 # --- bad input ---------------------------------------------------------------------------
