@@ -598,6 +598,26 @@ class StopFlag:
         return self.requested
 
 
+def read_progress(path):
+    """progress.csv's whole, well-formed rows; one line says how many others
+    were skipped (a hard kill may leave a torn last row, without its line end)."""
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    rows = [row for row in csv.DictReader(line for line in lines if line.endswith("\n")) if well_formed(row)]
+    if len(lines) - 1 > len(rows):
+        print(f"{path}: skipped {len(lines) - 1 - len(rows)} torn or malformed rows")
+    return rows
+
+
+def well_formed(row):
+    """Every field there: an episode number, finite numbers, a wall time."""
+    try:
+        return (None not in row and int(row["episode"]) >= 0 and bool(row["wall_time"])
+                and all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 class ProgressLog:
     """progress.csv and TensorBoard scalars, one row per episode."""
 
@@ -609,9 +629,9 @@ class ProgressLog:
         board = os.path.join(directory, "tensorboard")
         kept = []
         if first_episode > 0 and os.path.exists(self.path):
-            # Rows past the checkpoint were written by a run that died before saving.
-            with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["episode"]) < first_episode]
+            # Each episode once, in order; rows past the checkpoint are a run's that died before saving.
+            rows = {int(row["episode"]): row for row in read_progress(self.path)}
+            kept = [rows[number] for number in sorted(rows) if number < first_episode]
         elif os.path.isdir(board):  # a fresh run: the old curves go with the old checkpoint
             for name in os.listdir(board):
                 if name.startswith("events.out.tfevents"):
@@ -630,13 +650,13 @@ class ProgressLog:
                "points_won": episode.points_won, "points_lost": episode.points_lost, "steps": episode.steps,
                "seconds": f"{episode.seconds:.3f}", "wall_time": datetime.datetime.now().isoformat(timespec="seconds")}
         self.writer.writerow(row)
+        self.file.flush()  # each row in one whole write: a kill never leaves half of one behind
         with self.summary.as_default(step=episode.number):
             for name in ("reward", "points_won", "points_lost", "steps", "seconds"):
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
             tf.summary.scalar("episode/running_mean", running_mean)
 
     def flush(self):
-        self.file.flush()
         self.summary.flush()
 
     def close(self):
@@ -759,11 +779,10 @@ def plot(args):
     directory = os.path.dirname(os.path.abspath(checkpoint_path(args)))
     source = os.path.join(directory, "progress.csv")
     try:
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
-        columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
-    except (OSError, KeyError, ValueError) as error:
+        rows = read_progress(source)
+    except OSError as error:
         fail(f"cannot read {source} ({error})")
+    columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
     if not rows:
         fail(f"{source} has no episodes yet")
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])

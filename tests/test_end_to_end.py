@@ -201,9 +201,10 @@ def test_resume_without_an_update_keeps_weights_and_rmsprop_state_and_grows_pend
     assert len(after["pending/indices"]) == len(after["pending/signs"]) == int(after["pending/nnz"].sum())
 
 
-def test_progress_csv_continues_across_resume_and_drops_stale_rows(resumed):
+def test_progress_csv_continues_across_resume_and_drops_stale_and_torn_rows(resumed):
     rows = read_progress(resumed.model_dir)
     assert [int(r["episode"]) for r in rows] == [0, 1, 2]
+    assert f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in resumed.result.lines
     assert rows[:2] == resumed.before_progress
     assert STALE_REWARD not in {r["reward"] for r in rows}
     total, mean = parse_train_log(resumed.result.lines).episodes[0]

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorlayer as tl
 
-from helpers import load_checkpoint, new_policy
+from helpers import PROGRESS_FIELDS, load_checkpoint, new_policy
 
 FRAME_SHAPE = (210, 160, 3)
 BACKGROUND = 144  # the playing field's colour in channel 0
@@ -569,3 +569,43 @@ def test_an_io_error_while_running_is_one_line_and_status_1(pong, monkeypatch, c
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.splitlines() == [
         f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: models/model_pong.npz.tmp"]
+
+
+# --- progress.csv ------------------------------------------------------------
+
+def progress_row(number, wall_time="2026-01-01T00:00:00"):
+    return f"{number},-21.0,-21.000000,0,21,1000,1.000,{wall_time}\r\n"
+
+
+def write_progress(path, *rows):
+    path.write_text(",".join(PROGRESS_FIELDS) + "\r\n" + "".join(rows), newline="")
+
+
+def test_read_progress_keeps_whole_well_formed_rows_and_says_how_many_it_skipped(pong, tmp_path, capsys):
+    path = tmp_path / "progress.csv"
+    write_progress(path, progress_row(0), "1,-21.0\r\n", progress_row(2).replace("-21.0", "x", 1), progress_row(3),
+                   progress_row(4).replace("\r\n", ",extra\r\n"), progress_row(5, wall_time="2026-01-01T0")[:-2])
+    assert [row["episode"] for row in pong.read_progress(str(path))] == ["0", "3"]
+    assert capsys.readouterr().out == f"{path}: skipped 4 torn or malformed rows\n"
+
+
+def test_resumed_progress_log_keeps_each_episode_below_the_checkpoint_once_in_order(pong, tmp_path):
+    path = tmp_path / "progress.csv"
+    write_progress(path, progress_row(0), progress_row(2), progress_row(1), progress_row(1), progress_row(3), "2")
+    pong.ProgressLog(str(tmp_path), 3).close()
+    with open(path, newline="") as f:
+        assert f.read() == ",".join(PROGRESS_FIELDS) + "\r\n" + progress_row(0) + progress_row(1) + progress_row(2)
+
+
+def test_progress_log_writes_each_row_whole_at_once(pong, tmp_path):
+    """A hard kill loses at most the episode in hand: each row reaches the
+    file as it is logged, whole."""
+    log = pong.ProgressLog(str(tmp_path), 0)
+    try:
+        log.add(make_batch(pong)[0], -21.0)
+        with open(tmp_path / "progress.csv", newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+    finally:
+        log.close()
+    assert len(lines) == 2 and lines[1].startswith("0,") and lines[1].endswith("\r\n")
+
