@@ -16,6 +16,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import glob
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -317,7 +318,7 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
                    "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
                    "pending/labels": batch.labels, "pending/rewards": batch.rewards})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp"
+    temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
@@ -636,11 +637,12 @@ class ProgressLog:
             for name in os.listdir(board):
                 if name.startswith("events.out.tfevents"):
                     os.remove(os.path.join(board, name))
-        with open(self.path + ".tmp", "w", newline="") as f:  # the whole log must survive a kill here
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with open(temporary, "w", newline="") as f:  # the whole log must survive a kill here
             writer = csv.DictWriter(f, self.FIELDS)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(self.path + ".tmp", self.path)
+        os.replace(temporary, self.path)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, self.FIELDS)
         self.summary = tf.summary.create_file_writer(board)
@@ -680,6 +682,26 @@ def writable_directory(path, purpose):
         fail(f"cannot use {path} for {purpose} (not writable)")
 
 
+def lock_folder(directory):
+    """One training run per folder: a lock on directory/.lock, which the
+    kernel releases when this process ends, however it ends. A POSIX record
+    lock (lockf), because forked workers do not inherit it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock (see README)
+        return None
+    lock = open(os.path.join(directory, ".lock"), "a+")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        lock.seek(0)
+        fail(f"another training run (pid {lock.read().strip() or '?'}) is using {directory}: one run per folder "
+             "(--play and --plot work beside it)")
+    lock.truncate(0)
+    print(os.getpid(), file=lock, flush=True)  # for the message of a second run
+    return lock
+
+
 def train(args):
     path = checkpoint_path(args)
     directory = os.path.dirname(os.path.abspath(path))
@@ -692,6 +714,9 @@ def train(args):
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
+    lock = lock_folder(directory)  # held until train() returns or the process dies
+    for stale in glob.glob(glob.escape(path) + ".*.tmp") + glob.glob(glob.escape(directory) + "/progress.csv.*.tmp"):
+        os.remove(stale)  # half-written by a killed run: with the lock held, no one else writes here
     if args.envs > args.batch_size:
         print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
         args.envs = args.batch_size

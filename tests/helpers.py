@@ -21,6 +21,7 @@ POINT_RE = re.compile(r"^episode (\d+): game (\d+) took \d+\.\d{5}s, reward: (-?
 EPISODE_RE = re.compile(r"^resetting env\. episode reward total was (-?\d+\.\d{6})\. running mean: (-?\d+\.\d{6})$")
 BATCH_RE = re.compile(r"^batch over \((\d+) episodes, (\d+) steps\)\.\.\.\.\.\. updated parameters in \d+\.\d{2}s$")
 SAVED_RE = re.compile(r"^saved checkpoint to (.+) \(episode (\d+)\)$")
+PROGRESS_RE = re.compile(r"^episode (\d+): \d+ episodes/hour, .*; saved (.+)$")  # a checkpoint saved on the way
 PLAY_RE = re.compile(r"^episode (\d+): (\d+)-(\d+) (won|lost)$")
 PLAY_SUMMARY_RE = re.compile(
     r"^played (\d+) episodes with (.+): won (\d+) of (\d+), points won (\d+) of (\d+) \((\d+\.\d)%\), "

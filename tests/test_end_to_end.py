@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
+from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
                      assert_one_line_error, descendants, left_after, load_checkpoint, new_policy, parse_train_log,
                      read_progress, run_script, running_means, script_env)
 
@@ -239,7 +239,7 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
     videos = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
     assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
-    assert not (model_dir / "model_pong.npz.tmp").exists()
+    assert list(model_dir.glob("*.tmp")) == []
 
 
 def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
@@ -257,6 +257,36 @@ def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
     assert left == [], f"worker processes {left} of {workers} outlived the trainer"
     assert "--envs 3 is more than the batch size: 2 episodes are played at once" in run.seen
     assert len(workers) == 2
+
+
+def test_one_training_run_per_folder_while_play_and_plot_work_beside_it(tmp_path):
+    model_dir = tmp_path / "m"
+    first = LiveRun(["--envs", 1, "--batch-size", 1, "--save-every", 1, "--model-dir", model_dir], tmp_path)
+    try:
+        first.wait_for(PROGRESS_RE)  # a checkpoint and log rows to read
+        boards = sorted(p.name for p in (model_dir / "tensorboard").iterdir())
+        second = run_script(["--episodes", 1, "--model-dir", model_dir], tmp_path)
+        lock_after_second = (model_dir / ".lock").read_text()
+        boards_after_second = sorted(p.name for p in (model_dir / "tensorboard").iterdir())
+        plot = run_script(["--plot", "--model-dir", model_dir], tmp_path)
+        play = run_script(["--play", 1, "--envs", 1, "--model-dir", model_dir], tmp_path)
+        first.process.send_signal(signal.SIGINT)
+        returncode, stderr = first.finish()
+    finally:
+        first.kill()
+
+    assert_one_line_error(second)
+    assert second.stderr_lines[0] == (
+        f"{SCRIPT.name}: error: another training run (pid {first.process.pid}) is using {model_dir}: "
+        "one run per folder (--play and --plot work beside it)")
+    assert lock_after_second == f"{first.process.pid}\n", "the second run took the lock"
+    assert boards_after_second == boards, "the second run wrote TensorBoard events"
+    assert plot.returncode == 0, plot.describe()
+    assert play.returncode == 0, play.describe()
+    assert returncode == 0, stderr
+    episode = int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"])
+    assert first.seen[-1] == f"saved checkpoint to {model_dir / 'model_pong.npz'} (episode {episode})"
+    assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(episode))
 
 
 # --- bad input ---------------------------------------------------------------------------

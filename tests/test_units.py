@@ -2,6 +2,7 @@
 import math
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorlayer as tl
 
-from helpers import PROGRESS_FIELDS, load_checkpoint, new_policy
+from helpers import PROGRESS_FIELDS, REPO, load_checkpoint, new_policy
 
 FRAME_SHAPE = (210, 160, 3)
 BACKGROUND = 144  # the playing field's colour in channel 0
@@ -458,6 +459,20 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"], "the half-written file is removed"
 
 
+def test_temporary_files_are_named_per_process(pong, trained, tmp_path, monkeypatch):
+    """The checkpoint's and progress.csv's temporary files: two processes
+    writing in one folder can never collide."""
+    replaced, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (replaced.append((source, target)),
+                                                               replace(source, target)))
+    model, optimizer = trained
+    pong.save_checkpoint(str(tmp_path / "ck.npz"), model, optimizer, 1, -21.0, [])
+    pong.ProgressLog(str(tmp_path), 0).close()
+    monkeypatch.undo()
+    assert replaced == [(str(tmp_path / f"ck.npz.{os.getpid()}.tmp"), str(tmp_path / "ck.npz")),
+                        (str(tmp_path / f"progress.csv.{os.getpid()}.tmp"), str(tmp_path / "progress.csv"))]
+
+
 def expect_checkpoint_error(pong, path, hidden=200):
     with pytest.raises(pong.CheckpointError) as error:
         pong.read_checkpoint(str(path), hidden)
@@ -609,3 +624,11 @@ def test_progress_log_writes_each_row_whole_at_once(pong, tmp_path):
         log.close()
     assert len(lines) == 2 and lines[1].startswith("0,") and lines[1].endswith("\r\n")
 
+
+def test_git_ignores_what_runs_leave_in_the_shipped_model_folder():
+    names = ["models/pretrained/.lock", "models/pretrained/model_pong.npz.12345.tmp",
+             "models/pretrained/progress.csv.12345.tmp", "models/pretrained/tensorboard/events.out.tfevents.1"]
+    result = subprocess.run(["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 128:
+        pytest.skip(f"not a git checkout ({result.stderr.strip()})")
+    assert result.stdout.splitlines() == names
