@@ -325,9 +325,11 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:  # a full disk, say: the previous checkpoint stays, the half-written one goes
+    except BaseException as error:  # a full disk, say: the previous checkpoint stays, the half-written one goes
         with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            error.filename, error.filename2 = path, None  # a failed write names no file: name the checkpoint
         raise
 
 
@@ -702,6 +704,14 @@ def lock_folder(directory):
     return lock
 
 
+def saved_state(path, hidden_units):
+    """For an error while training: the checkpoint that is still intact, if any."""
+    try:
+        return f"the checkpoint of episode {int(read_checkpoint(path, hidden_units)['state/episode'])} is intact"
+    except CheckpointError as error:
+        return str(error)
+
+
 def train(args):
     path = checkpoint_path(args)
     directory = os.path.dirname(os.path.abspath(path))
@@ -908,8 +918,11 @@ def main(argv=None):
             play(args)
         else:
             train(args)
-    except OSError as error:  # the disk, not the program: one line (the last checkpoint is intact)
-        fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), status=1)
+    except OSError as error:  # the disk, not the program: one line, and what is still safe
+        message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+        if not (args.play or args.plot):
+            message += f" ({saved_state(checkpoint_path(args), args.hidden)})"
+        fail(message, status=1)
 
 
 if __name__ == "__main__":

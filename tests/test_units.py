@@ -448,9 +448,10 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_pa
     module_name, function = target.split(".")
     monkeypatch.setattr(getattr(pong, module_name), function, crash)
     model.get_layer("output").b.assign([1.0, 2.0, 3.0])
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as error:
         pong.save_checkpoint(str(path), model, optimizer, 2, -20.0, make_batch(pong)[:1])
     monkeypatch.undo()
+    assert error.value.filename == str(path), "the error names the checkpoint it could not save"
 
     assert path.read_bytes() == before
     arrays = pong.read_checkpoint(str(path), 200)
@@ -575,15 +576,22 @@ def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong)
     assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
 
 
-def test_an_io_error_while_running_is_one_line_and_status_1(pong, monkeypatch, capsys):
+@pytest.mark.parametrize("saved_episode", [40, None])
+def test_an_io_error_while_training_is_one_line_naming_the_file_and_the_intact_checkpoint(
+        pong, trained, tmp_path, monkeypatch, capsys, saved_episode):
+    checkpoint = tmp_path / "model_pong.npz"
+    if saved_episode is not None:
+        pong.save_checkpoint(str(checkpoint), *trained, saved_episode, -20.0, [])
+
     def disk_full(args):
-        raise OSError(28, "No space left on device", "models/model_pong.npz.tmp")
+        raise OSError(28, "No space left on device", str(checkpoint))
     monkeypatch.setattr(pong, "train", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        pong.main(["--episodes", "1"])
+        pong.main(["--episodes", "1", "--model-dir", str(tmp_path)])
     assert exit_info.value.code == 1
+    intact = f"the checkpoint of episode {saved_episode} is intact" if saved_episode else f"no checkpoint at {checkpoint}"
     assert capsys.readouterr().err.splitlines() == [
-        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: models/model_pong.npz.tmp"]
+        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: {checkpoint} ({intact})"]
 
 
 # --- progress.csv ------------------------------------------------------------
