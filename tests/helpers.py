@@ -1,6 +1,7 @@
 """Shared helpers: running the script, parsing its log, reading its files."""
 import csv
 import dataclasses
+import io
 import os
 import pathlib
 import queue
@@ -186,11 +187,16 @@ def parse_train_log(lines):
     return TrainLog(points, episodes, batches, saved)
 
 
-def read_progress(directory):
+def read_progress(directory, torn_end=False):
+    """progress.csv's rows. With torn_end, a last line without its line end
+    (a row that a hard kill cut short) is left out."""
     with open(pathlib.Path(directory) / "progress.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == PROGRESS_FIELDS
-        return list(reader)
+        text = f.read()
+    if torn_end:
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    assert reader.fieldnames == PROGRESS_FIELDS
+    return list(reader)
 
 
 def load_checkpoint(path):
