@@ -16,6 +16,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import glob
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -326,16 +327,18 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
                    "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
                    "pending/labels": batch.labels, "pending/rewards": batch.rewards})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp"
+    temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:  # a full disk, say: the previous checkpoint stays, the half-written one goes
+    except BaseException as error:  # a full disk, say: the previous checkpoint stays, the half-written one goes
         with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            error.filename, error.filename2 = path, None  # a failed write names no file: name the checkpoint
         raise
 
 
@@ -501,13 +504,16 @@ class LocalPlayer:
         self.env.close()
 
 
-def worker_main(connection, entropy, record_dir, record_every):
+def worker_main(connection, trainer_ends, entropy, record_dir, record_every):
     """A worker process: plays the episodes it is sent with the weights it was
-    last sent, and sends back point lines and finished episodes."""
+    last sent, and sends back point lines and finished episodes. It ends when
+    the trainer has gone, however it went: then its next recv or send fails."""
     # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to
     # handle: it saves, then stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
+        end.close()
     try:
         player = LocalPlayer(entropy, None, record_dir, record_every)
         weights = None
@@ -534,8 +540,8 @@ class WorkerPool:
         self.record_dir, self.record_every = record_dir, record_every
         for i in range(count):
             ours, theirs = context.Pipe()
-            process = context.Process(target=worker_main, args=(theirs, entropy + (i,), record_dir, record_every),
-                                      daemon=True)
+            process = context.Process(target=worker_main, daemon=True, args=(
+                theirs, self.connections + [ours], entropy + (i,), record_dir, record_every))
             process.start()
             theirs.close()
             self.connections.append(ours)
@@ -614,6 +620,26 @@ class StopFlag:
         return self.requested
 
 
+def read_progress(path):
+    """progress.csv's whole, well-formed rows; one line says how many others
+    were skipped (a hard kill may leave a torn last row, without its line end)."""
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    rows = [row for row in csv.DictReader(line for line in lines if line.endswith("\n")) if well_formed(row)]
+    if len(lines) - 1 > len(rows):
+        print(f"{path}: skipped {len(lines) - 1 - len(rows)} torn or malformed rows")
+    return rows
+
+
+def well_formed(row):
+    """Every field there: an episode number, finite numbers, a wall time."""
+    try:
+        return (None not in row and int(row["episode"]) >= 0 and bool(row["wall_time"])
+                and all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 class ProgressLog:
     """progress.csv and TensorBoard scalars, one row per episode."""
 
@@ -625,18 +651,19 @@ class ProgressLog:
         board = os.path.join(directory, "tensorboard")
         kept = []
         if first_episode > 0 and os.path.exists(self.path):
-            # Rows past the checkpoint were written by a run that died before saving.
-            with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["episode"]) < first_episode]
+            # Each episode once, in order; rows past the checkpoint are a run's that died before saving.
+            rows = {int(row["episode"]): row for row in read_progress(self.path)}
+            kept = [rows[number] for number in sorted(rows) if number < first_episode]
         elif os.path.isdir(board):  # a fresh run: the old curves go with the old checkpoint
             for name in os.listdir(board):
                 if name.startswith("events.out.tfevents"):
                     os.remove(os.path.join(board, name))
-        with open(self.path + ".tmp", "w", newline="") as f:  # the whole log must survive a kill here
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with open(temporary, "w", newline="") as f:  # the whole log must survive a kill here
             writer = csv.DictWriter(f, self.FIELDS)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(self.path + ".tmp", self.path)
+        os.replace(temporary, self.path)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, self.FIELDS)
         self.summary = tf.summary.create_file_writer(board)
@@ -646,13 +673,13 @@ class ProgressLog:
                "points_won": episode.points_won, "points_lost": episode.points_lost, "steps": episode.steps,
                "seconds": f"{episode.seconds:.3f}", "wall_time": datetime.datetime.now().isoformat(timespec="seconds")}
         self.writer.writerow(row)
+        self.file.flush()  # each row in one whole write: a kill never leaves half of one behind
         with self.summary.as_default(step=episode.number):
             for name in ("reward", "points_won", "points_lost", "steps", "seconds"):
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
             tf.summary.scalar("episode/running_mean", running_mean)
 
     def flush(self):
-        self.file.flush()
         self.summary.flush()
 
     def close(self):
@@ -676,6 +703,34 @@ def writable_directory(path, purpose):
         fail(f"cannot use {path} for {purpose} (not writable)")
 
 
+def lock_folder(directory):
+    """One training run per folder: a lock on directory/.lock, which the
+    kernel releases when this process ends, however it ends. A POSIX record
+    lock (lockf), because forked workers do not inherit it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock (see README)
+        return None
+    lock = open(os.path.join(directory, ".lock"), "a+")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        lock.seek(0)
+        fail(f"another training run (pid {lock.read().strip() or '?'}) is using {directory}: one run per folder "
+             "(--play and --plot work beside it)")
+    lock.truncate(0)
+    print(os.getpid(), file=lock, flush=True)  # for the message of a second run
+    return lock
+
+
+def saved_state(path, hidden_units):
+    """For an error while training: the checkpoint that is still intact, if any."""
+    try:
+        return f"the checkpoint of episode {int(read_checkpoint(path, hidden_units)['state/episode'])} is intact"
+    except CheckpointError as error:
+        return str(error)
+
+
 def train(args):
     path = checkpoint_path(args)
     directory = os.path.dirname(os.path.abspath(path))
@@ -688,6 +743,12 @@ def train(args):
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
+    lock = lock_folder(directory)  # held until train() returns or the process dies
+    for stale in glob.glob(glob.escape(path) + ".*.tmp") + glob.glob(glob.escape(directory) + "/progress.csv.*.tmp"):
+        os.remove(stale)  # half-written by a killed run: with the lock held, no one else writes here
+    if args.envs > args.batch_size:
+        print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
+        args.envs = args.batch_size
     first_episode = 0 if arrays is None else int(arrays["state/episode"])
     player = make_player(args, first_episode, args.record_every)  # before TensorFlow starts its threads
     stop = StopFlag()
@@ -775,11 +836,10 @@ def plot(args):
     directory = os.path.dirname(os.path.abspath(checkpoint_path(args)))
     source = os.path.join(directory, "progress.csv")
     try:
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
-        columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
-    except (OSError, KeyError, ValueError) as error:
+        rows = read_progress(source)
+    except OSError as error:
         fail(f"cannot read {source} ({error})")
+    columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
     if not rows:
         fail(f"{source} has no episodes yet")
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
@@ -880,8 +940,11 @@ def main(argv=None):
             play(args)
         else:
             train(args)
-    except OSError as error:  # the disk, not the program: one line (the last checkpoint is intact)
-        fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), status=1)
+    except OSError as error:  # the disk, not the program: one line, and what is still safe
+        message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+        if not (args.play or args.plot):
+            message += f" ({saved_state(checkpoint_path(args), args.hidden)})"
+        fail(message, status=1)
 
 
 if __name__ == "__main__":

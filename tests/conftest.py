@@ -73,7 +73,8 @@ def resume_run(tmp_path_factory, train_run):
 
     Before resuming, rows for episodes 2 and 3 are appended to progress.csv, as
     a run killed after logging them but before saving its checkpoint would
-    leave them; the resumed run must drop them."""
+    leave them, and then the torn start of another row, "1" (an episode
+    number below the checkpoint's); the resumed run must drop them all."""
     assert train_run.result.returncode == 0, train_run.result.describe()
     before = load_checkpoint(train_run.checkpoint)
     with open(train_run.model_dir / "progress.csv", newline="") as f:
@@ -86,6 +87,7 @@ def resume_run(tmp_path_factory, train_run):
                 writer.writerow({"episode": number, "reward": STALE_REWARD, "running_mean": STALE_REWARD,
                                  "points_won": 21, "points_lost": 0, "steps": 1, "seconds": "0.000",
                                  "wall_time": "2000-01-01T00:00:00"})
+            f.write("1")
 
     run = train(tmp_path_factory, "resume", "--resume", "--episodes", 1, "--batch-size", 10, "--envs", 1,
                 model_dir_from=train_run.model_dir, prepare=add_stale_rows)

@@ -1,11 +1,16 @@
 """Shared helpers: running the script, parsing its log, reading its files."""
 import csv
 import dataclasses
+import io
 import os
 import pathlib
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -17,6 +22,7 @@ POINT_RE = re.compile(r"^episode (\d+): game (\d+) took \d+\.\d{5}s, reward: (-?
 EPISODE_RE = re.compile(r"^resetting env\. episode reward total was (-?\d+\.\d{6})\. running mean: (-?\d+\.\d{6})$")
 BATCH_RE = re.compile(r"^batch over \((\d+) episodes, (\d+) steps\)\.\.\.\.\.\. updated parameters in \d+\.\d{2}s$")
 SAVED_RE = re.compile(r"^saved checkpoint to (.+) \(episode (\d+)\)$")
+PROGRESS_RE = re.compile(r"^episode (\d+): \d+ episodes/hour, .*; saved (.+)$")  # a checkpoint saved on the way
 PLAY_RE = re.compile(r"^episode (\d+): (\d+)-(\d+) (won|lost)$")
 PLAY_SUMMARY_RE = re.compile(
     r"^played (\d+) episodes with (.+): won (\d+) of (\d+), points won (\d+) of (\d+) \((\d+\.\d)%\), "
@@ -75,6 +81,89 @@ def start_script(args, cwd, env=None):
                             env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+class LiveRun:
+    """The script running in the background; its stdout is read line by line
+    as it comes, so a test can act at a chosen line."""
+
+    def __init__(self, args, cwd):
+        self.process = start_script(args, cwd)
+        self.seen, self._lines = [], queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for(self, pattern):
+        """The match of the next line that matches pattern."""
+        while True:
+            line = self._lines.get(timeout=240)  # a guard against a hang, not a timing assertion
+            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(self.seen[-20:])
+            self.seen.append(line)
+            if match := pattern.match(line):
+                return match
+
+    def finish(self, timeout=60):
+        """Wait for the exit; all of stdout read, and stderr."""
+        returncode = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while (line := self._lines.get_nowait()) is not None:
+            self.seen.append(line)
+        return returncode, self.process.stderr.read()
+
+    def kill(self):
+        """Stop it by force, and all it started: a failing test leaves nothing behind."""
+        if self.process.poll() is None:
+            started = descendants(self.process.pid)
+            self.process.kill()
+            self.process.wait()
+            left_after(started, seconds=0)
+
+
+def descendants(pid):
+    """Process ids of pid's children, their children and so on (Linux /proc)."""
+    children = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return sorted(found)
+
+
+def running(pids):
+    """Those of pids that are still running (a zombie has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def left_after(pids, seconds=10):
+    """The processes of pids still running after at most `seconds`; those
+    are then killed, so that a failing test leaves nothing behind either."""
+    deadline = time.monotonic() + seconds
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(pids)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
 @dataclasses.dataclass
 class TrainLog:
     """What a training run printed, parsed."""
@@ -98,11 +187,16 @@ def parse_train_log(lines):
     return TrainLog(points, episodes, batches, saved)
 
 
-def read_progress(directory):
+def read_progress(directory, torn_end=False):
+    """progress.csv's rows. With torn_end, a last line without its line end
+    (a row that a hard kill cut short) is left out."""
     with open(pathlib.Path(directory) / "progress.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == PROGRESS_FIELDS
-        return list(reader)
+        text = f.read()
+    if torn_end:
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    assert reader.fieldnames == PROGRESS_FIELDS
+    return list(reader)
 
 
 def load_checkpoint(path):

@@ -1,18 +1,15 @@
 """The script run as a user runs it: a subprocess, the real Pong-v0 emulator."""
 import datetime
-import queue
 import re
 import shutil
 import signal
-import subprocess
-import threading
 
 import numpy as np
 import pytest
 
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, SAVED_RE, SCRIPT, STALE_REWARD, assert_one_line_error,
-                     load_checkpoint, new_policy, parse_train_log, read_progress, run_script, running_means,
-                     script_env, start_script)
+from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
+                     assert_one_line_error, descendants, left_after, load_checkpoint, new_policy, parse_train_log,
+                     read_progress, run_script, running_means, script_env)
 
 pytestmark = pytest.mark.e2e
 
@@ -208,9 +205,10 @@ def test_resume_without_an_update_keeps_weights_and_rmsprop_state_and_grows_pend
     assert len(after["pending/indices"]) == len(after["pending/signs"]) == int(after["pending/nnz"].sum())
 
 
-def test_progress_csv_continues_across_resume_and_drops_stale_rows(resumed):
+def test_progress_csv_continues_across_resume_and_drops_stale_and_torn_rows(resumed):
     rows = read_progress(resumed.model_dir)
     assert [int(r["episode"]) for r in rows] == [0, 1, 2]
+    assert f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in resumed.result.lines
     assert rows[:2] == resumed.before_progress
     assert STALE_REWARD not in {r["reward"] for r in rows}
     total, mean = parse_train_log(resumed.result.lines).episodes[0]
@@ -218,13 +216,7 @@ def test_progress_csv_continues_across_resume_and_drops_stale_rows(resumed):
     assert float(rows[2]["running_mean"]) == pytest.approx(mean, abs=1e-6)
 
 
-# --- stopping with a signal ------------------------------------------------------------
-
-def read_lines_into(stream, lines):
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
+# --- stopping with a signal, or by force ------------------------------------------------
 
 @pytest.mark.parametrize("signum, envs, wait_for", [
     (signal.SIGINT, 2, POINT_RE),  # Ctrl-C part-way through the first episode, with worker processes
@@ -232,28 +224,14 @@ def read_lines_into(stream, lines):
 ], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_for):
     model_dir = tmp_path / "m"
-    process = start_script(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1],
-                           tmp_path)
-    lines, seen = queue.Queue(), []
-    reader = threading.Thread(target=read_lines_into, args=(process.stdout, lines), daemon=True)
-    reader.start()
+    run = LiveRun(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1], tmp_path)
     try:
-        while True:
-            line = lines.get(timeout=240)  # a guard against a hang, not a timing assertion
-            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(seen[-20:])
-            seen.append(line)
-            if wait_for.match(line):
-                break
-        process.send_signal(signum)
-        returncode = process.wait(timeout=60)
+        run.wait_for(wait_for)
+        run.process.send_signal(signum)
+        returncode, stderr = run.finish()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(timeout=10)
-    while (line := lines.get_nowait()) is not None:
-        seen.append(line)
-    stderr = process.stderr.read()
+        run.kill()
+    seen = run.seen
 
     assert returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
@@ -265,7 +243,54 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
     videos = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
     assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
-    assert not (model_dir / "model_pong.npz.tmp").exists()
+    assert list(model_dir.glob("*.tmp")) == []
+
+
+def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
+    """kill -9 of the trainer part-way through a batch: its worker processes
+    notice and end. --envs above the batch size is capped, with one line."""
+    run = LiveRun(["--envs", 3, "--batch-size", 2, "--model-dir", tmp_path / "m"], tmp_path)
+    try:
+        run.wait_for(POINT_RE)  # both workers are playing
+        workers = descendants(run.process.pid)
+        run.process.kill()
+        run.process.wait()
+        left = left_after(workers, seconds=10)
+    finally:
+        run.kill()
+    assert left == [], f"worker processes {left} of {workers} outlived the trainer"
+    assert "--envs 3 is more than the batch size: 2 episodes are played at once" in run.seen
+    assert len(workers) == 2
+
+
+def test_one_training_run_per_folder_while_play_and_plot_work_beside_it(tmp_path):
+    model_dir = tmp_path / "m"
+    first = LiveRun(["--envs", 1, "--batch-size", 1, "--save-every", 1, "--model-dir", model_dir], tmp_path)
+    try:
+        first.wait_for(PROGRESS_RE)  # a checkpoint and log rows to read
+        boards = sorted(p.name for p in (model_dir / "tensorboard").iterdir())
+        second = run_script(["--episodes", 1, "--model-dir", model_dir], tmp_path)
+        lock_after_second = (model_dir / ".lock").read_text()
+        boards_after_second = sorted(p.name for p in (model_dir / "tensorboard").iterdir())
+        plot = run_script(["--plot", "--model-dir", model_dir], tmp_path)
+        play = run_script(["--play", 1, "--envs", 1, "--model-dir", model_dir], tmp_path)
+        first.process.send_signal(signal.SIGINT)
+        returncode, stderr = first.finish()
+    finally:
+        first.kill()
+
+    assert_one_line_error(second)
+    assert second.stderr_lines[0] == (
+        f"{SCRIPT.name}: error: another training run (pid {first.process.pid}) is using {model_dir}: "
+        "one run per folder (--play and --plot work beside it)")
+    assert lock_after_second == f"{first.process.pid}\n", "the second run took the lock"
+    assert boards_after_second == boards, "the second run wrote TensorBoard events"
+    assert plot.returncode == 0, plot.describe()
+    assert play.returncode == 0, play.describe()
+    assert returncode == 0, stderr
+    episode = int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"])
+    assert first.seen[-1] == f"saved checkpoint to {model_dir / 'model_pong.npz'} (episode {episode})"
+    assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(episode))
 
 
 # --- bad input ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import math
 import os
 import pathlib
+import subprocess
 import sys
 import types
 
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorlayer as tl
 
-from helpers import load_checkpoint, new_policy
+from helpers import PROGRESS_FIELDS, REPO, load_checkpoint, new_policy
 
 SCREEN_SHAPE = (210, 160)  # the emulator's screen, one palette index per pixel
 BACKGROUND = 34  # the playing field's colour (red 144 in RGB)
@@ -546,15 +547,30 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_pa
     module_name, function = target.split(".")
     monkeypatch.setattr(getattr(pong, module_name), function, crash)
     model.get_layer("output").b.assign([1.0, 2.0, 3.0])
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as error:
         pong.save_checkpoint(str(path), model, optimizer, 2, -20.0, make_batch(pong)[:1])
     monkeypatch.undo()
+    assert error.value.filename == str(path), "the error names the checkpoint it could not save"
 
     assert path.read_bytes() == before
     arrays = pong.read_checkpoint(str(path), 200)
     assert int(arrays["state/episode"]) == 1
     np.testing.assert_array_equal(arrays["output/biases"], saved_biases)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"], "the half-written file is removed"
+
+
+def test_temporary_files_are_named_per_process(pong, trained, tmp_path, monkeypatch):
+    """The checkpoint's and progress.csv's temporary files: two processes
+    writing in one folder can never collide."""
+    replaced, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (replaced.append((source, target)),
+                                                               replace(source, target)))
+    model, optimizer = trained
+    pong.save_checkpoint(str(tmp_path / "ck.npz"), model, optimizer, 1, -21.0, [])
+    pong.ProgressLog(str(tmp_path), 0).close()
+    monkeypatch.undo()
+    assert replaced == [(str(tmp_path / f"ck.npz.{os.getpid()}.tmp"), str(tmp_path / "ck.npz")),
+                        (str(tmp_path / f"progress.csv.{os.getpid()}.tmp"), str(tmp_path / "progress.csv"))]
 
 
 def expect_checkpoint_error(pong, path, hidden=200):
@@ -659,12 +675,67 @@ def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong)
     assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
 
 
-def test_an_io_error_while_running_is_one_line_and_status_1(pong, monkeypatch, capsys):
+@pytest.mark.parametrize("saved_episode", [40, None])
+def test_an_io_error_while_training_is_one_line_naming_the_file_and_the_intact_checkpoint(
+        pong, trained, tmp_path, monkeypatch, capsys, saved_episode):
+    checkpoint = tmp_path / "model_pong.npz"
+    if saved_episode is not None:
+        pong.save_checkpoint(str(checkpoint), *trained, saved_episode, -20.0, [])
+
     def disk_full(args):
-        raise OSError(28, "No space left on device", "models/model_pong.npz.tmp")
+        raise OSError(28, "No space left on device", str(checkpoint))
     monkeypatch.setattr(pong, "train", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        pong.main(["--episodes", "1"])
+        pong.main(["--episodes", "1", "--model-dir", str(tmp_path)])
     assert exit_info.value.code == 1
+    intact = f"the checkpoint of episode {saved_episode} is intact" if saved_episode else f"no checkpoint at {checkpoint}"
     assert capsys.readouterr().err.splitlines() == [
-        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: models/model_pong.npz.tmp"]
+        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: {checkpoint} ({intact})"]
+
+
+# --- progress.csv ------------------------------------------------------------
+
+def progress_row(number, wall_time="2026-01-01T00:00:00"):
+    return f"{number},-21.0,-21.000000,0,21,1000,1.000,{wall_time}\r\n"
+
+
+def write_progress(path, *rows):
+    path.write_text(",".join(PROGRESS_FIELDS) + "\r\n" + "".join(rows), newline="")
+
+
+def test_read_progress_keeps_whole_well_formed_rows_and_says_how_many_it_skipped(pong, tmp_path, capsys):
+    path = tmp_path / "progress.csv"
+    write_progress(path, progress_row(0), "1,-21.0\r\n", progress_row(2).replace("-21.0", "x", 1), progress_row(3),
+                   progress_row(4).replace("\r\n", ",extra\r\n"), progress_row(5, wall_time="2026-01-01T0")[:-2])
+    assert [row["episode"] for row in pong.read_progress(str(path))] == ["0", "3"]
+    assert capsys.readouterr().out == f"{path}: skipped 4 torn or malformed rows\n"
+
+
+def test_resumed_progress_log_keeps_each_episode_below_the_checkpoint_once_in_order(pong, tmp_path):
+    path = tmp_path / "progress.csv"
+    write_progress(path, progress_row(0), progress_row(2), progress_row(1), progress_row(1), progress_row(3), "2")
+    pong.ProgressLog(str(tmp_path), 3).close()
+    with open(path, newline="") as f:
+        assert f.read() == ",".join(PROGRESS_FIELDS) + "\r\n" + progress_row(0) + progress_row(1) + progress_row(2)
+
+
+def test_progress_log_writes_each_row_whole_at_once(pong, tmp_path):
+    """A hard kill loses at most the episode in hand: each row reaches the
+    file as it is logged, whole."""
+    log = pong.ProgressLog(str(tmp_path), 0)
+    try:
+        log.add(make_batch(pong)[0], -21.0)
+        with open(tmp_path / "progress.csv", newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+    finally:
+        log.close()
+    assert len(lines) == 2 and lines[1].startswith("0,") and lines[1].endswith("\r\n")
+
+
+def test_git_ignores_what_runs_leave_in_the_shipped_model_folder():
+    names = ["models/pretrained/.lock", "models/pretrained/model_pong.npz.12345.tmp",
+             "models/pretrained/progress.csv.12345.tmp", "models/pretrained/tensorboard/events.out.tfevents.1"]
+    result = subprocess.run(["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 128:
+        pytest.skip(f"not a git checkout ({result.stderr.strip()})")
+    assert result.stdout.splitlines() == names

@@ -122,3 +122,16 @@ def test_plot_draws_the_learning_curve_png(trained, tmp_path):
     assert image.shape[:2] == (700, 1000)  # figsize (10, 7) at 100 dpi
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10, "the picture is a single colour"
     assert "Traceback" not in result.stderr
+
+
+def test_plot_skips_a_torn_last_row_and_says_so(trained, tmp_path):
+    """A hard kill can leave half a row at the end of progress.csv."""
+    model_dir = tmp_path / "m"
+    shutil.copytree(trained.model_dir, model_dir)
+    with open(model_dir / "progress.csv", "a", newline="") as f:
+        f.write("2,-1")
+    result = run_script(["--plot", "--model-dir", model_dir], tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert result.lines == [f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows",
+                            f"wrote {model_dir / 'learning_curve.png'}"]
+    assert (model_dir / "learning_curve.png").stat().st_size > 10_000
