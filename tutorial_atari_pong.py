@@ -442,7 +442,8 @@ class Video:
 
     def discard(self):
         self.close()
-        os.remove(self.path)
+        with contextlib.suppress(FileNotFoundError):  # ffmpeg makes the file at the first frame
+            os.remove(self.path)
 
 
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):

@@ -593,6 +593,16 @@ def test_video_draws_each_pixel_as_a_block_and_a_gif_keeps_the_first_frames(pong
     assert np.array_equal(written, frames[:3].repeat(2, axis=1).repeat(2, axis=2))
 
 
+@pytest.mark.parametrize("frames", [0, 2])
+def test_a_discarded_video_leaves_no_file_even_before_its_first_frame(pong, tmp_path, frames):
+    video = pong.Video(str(tmp_path / "clip.mp4"), 3)
+    for _ in range(frames):
+        video.add(np.zeros((210, 160, 3), np.uint8))
+    video.discard()
+    video.close()  # play_episode closes every video it opened, discarded or not
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong):
     assert pong.checkpoint_path(pong.parse_args(["--model-dir", "d"])) == os.path.join("d", "model_pong.npz")
     assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
