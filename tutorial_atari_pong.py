@@ -6,10 +6,12 @@ TensorLayer tutorial it was ported to. Every point is logged; every
 `batch_size` episodes one RMSProp step is applied to
 tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
 
-    python tutorial_atari_pong.py             # train until Ctrl-C
-    python tutorial_atari_pong.py --resume    # carry on where it stopped
-    python tutorial_atari_pong.py --play 5    # watch the score of the policy
-    python tutorial_atari_pong.py --help      # every flag
+    python tutorial_atari_pong.py                          # train until Ctrl-C
+    python tutorial_atari_pong.py --resume                 # carry on where it stopped
+    python tutorial_atari_pong.py --play 5                 # watch the score of the policy
+    python tutorial_atari_pong.py --play 1 --record videos # ... or a video of its play
+    python tutorial_atari_pong.py --plot                   # draw the learning curve
+    python tutorial_atari_pong.py --plot runs/a runs/b     # compare two runs
 """
 import argparse
 import contextlib
@@ -38,6 +40,7 @@ model_dir = "models"
 model_file_name = "model_pong"
 save_every = 100  # episodes between checkpoints (and progress lines)
 record_every = 100  # with --record, episodes between videos during training
+record_scale = 3  # with --record, each pixel becomes a record_scale x record_scale block
 seed = 1
 # Episodes played at once, each by its own worker process: one per core (worker
 # processes are forked, so where fork is missing, as on Windows, just one).
@@ -417,19 +420,57 @@ def make_env(env_seed, render_mode=None):
     return env
 
 
-def open_video(path):
-    import imageio.v2 as imageio  # only needed with --record
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return imageio.get_writer(path, fps=30, codec="libx264", macro_block_size=2, quality=7,
-                              ffmpeg_log_level="error")
+@dataclasses.dataclass
+class Recording:
+    """--record: which episodes become videos, where, and how they look."""
+    directory: str
+    every: int
+    scale: int
+    gif_steps: int | None  # a GIF of each episode's first gif_steps steps instead of an MP4
+
+    def path(self, number):
+        name = f"episode-{number:06d}.{'gif' if self.gif_steps else 'mp4'}"
+        return os.path.join(self.directory, name) if number % self.every == 0 else None
+
+    def open(self, number):
+        path = self.path(number)
+        return path and Video(path, self.scale, self.gif_steps)
 
 
-def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video_path=None):
+class Video:
+    """One frame per agent step, each pixel a scale x scale block (np.repeat:
+    sharp, no blur): an MP4 at 30 frames a second, or a GIF, which is assembled
+    in memory (about 1.5 MB a frame at scale 3) and so keeps the first `limit`."""
+
+    def __init__(self, path, scale, limit=None):
+        import imageio.v2 as imageio  # only needed with --record
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path, self.scale, self.limit, self.frames = path, scale, limit, 0
+        if path.endswith(".gif"):  # Pillow's writer: an exact palette, as Pong has 9 colours
+            self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts in 1/100 s
+        else:
+            self.writer = imageio.get_writer(path, fps=30, codec="libx264", macro_block_size=2, quality=7,
+                                             ffmpeg_log_level="error")
+
+    def add(self, frame):
+        if self.limit is None or self.frames < self.limit:
+            self.writer.append_data(frame.repeat(self.scale, axis=0).repeat(self.scale, axis=1))
+            self.frames += 1
+
+    def close(self):
+        self.writer.close()
+
+    def discard(self):
+        self.close()
+        with contextlib.suppress(FileNotFoundError):  # ffmpeg makes the file at the first frame
+            os.remove(self.path)
+
+
+def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
     """Play one episode with the policy; return it as an Episode, or None if
     told to stop part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
-    video = open_video(video_path) if video_path else None
     previous, game, started = None, 0, time.perf_counter()
     point_started = started
     nnz, indices, signs, labels, rewards = [], [], [], [], []
@@ -437,13 +478,10 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
         while True:
             if should_stop():
                 if video is not None:  # an unfinished episode leaves no video
-                    video.close()
-                    video = None
-                    if os.path.exists(video_path):
-                        os.remove(video_path)
+                    video.discard()
                 return None
             if video is not None:
-                video.append_data(env.ale.getScreenRGB())
+                video.add(env.ale.getScreenRGB())
             current = prepro(screen)
             changed, changed_signs = diff_frame(current, previous)
             previous = current
@@ -462,19 +500,13 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
                 game, point_started = game + 1, now
             if terminated or truncated:
                 if video is not None:
-                    video.append_data(env.ale.getScreenRGB())
+                    video.add(env.ale.getScreenRGB())
                 break
     finally:
         if video is not None:
             video.close()
     return Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
                    np.array(labels, np.int8), np.array(rewards, np.int8), time.perf_counter() - started)
-
-
-def video_path_for(record_dir, number, every):
-    if record_dir is None or number % every:
-        return None
-    return os.path.join(record_dir, f"episode-{number:06d}.mp4")
 
 
 def seeds(*entropy):
@@ -487,15 +519,15 @@ def seeds(*entropy):
 class LocalPlayer:
     """--envs 1: the plain sequential loop, in this process."""
 
-    def __init__(self, entropy, render_mode=None, record_dir=None, record_every=1):
+    def __init__(self, entropy, render_mode=None, recording=None):
         env_seed, self.rng = seeds(*entropy)
         self.env = make_env(env_seed, render_mode)
-        self.record_dir, self.record_every = record_dir, record_every
+        self.recording = recording
 
     def play(self, weights, numbers, say, should_stop):
         for number in numbers:
             episode = play_episode(self.env, weights, self.rng, number, say, should_stop,
-                                   video_path_for(self.record_dir, number, self.record_every))
+                                   self.recording.open(number) if self.recording else None)
             if episode is None:
                 return
             yield episode
@@ -504,7 +536,7 @@ class LocalPlayer:
         self.env.close()
 
 
-def worker_main(connection, trainer_ends, entropy, record_dir, record_every):
+def worker_main(connection, trainer_ends, entropy, recording):
     """A worker process: plays the episodes it is sent with the weights it was
     last sent, and sends back point lines and finished episodes. It ends when
     the trainer has gone, however it went: then its next recv or send fails."""
@@ -515,7 +547,7 @@ def worker_main(connection, trainer_ends, entropy, record_dir, record_every):
     for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
         end.close()
     try:
-        player = LocalPlayer(entropy, None, record_dir, record_every)
+        player = LocalPlayer(entropy, None, recording)
         weights = None
         while True:
             kind, payload = connection.recv()
@@ -533,15 +565,15 @@ class WorkerPool:
     """--envs K > 1: K worker processes play a batch's episodes concurrently,
     each whole episode in one process, all with the same weights."""
 
-    def __init__(self, count, entropy, record_dir=None, record_every=1):
+    def __init__(self, count, entropy, recording=None):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
         self.connections, self.processes, self.playing = [], [], {}
-        self.record_dir, self.record_every = record_dir, record_every
+        self.recording = recording
         for i in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(target=worker_main, daemon=True, args=(
-                theirs, self.connections + [ours], entropy + (i,), record_dir, record_every))
+                theirs, self.connections + [ours], entropy + (i,), recording))
             process.start()
             theirs.close()
             self.connections.append(ours)
@@ -590,16 +622,17 @@ class WorkerPool:
             process.kill()
             process.join()
         for number in self.playing.values():  # unfinished episodes leave no broken videos
-            path = video_path_for(self.record_dir, number, self.record_every)
+            path = self.recording.path(number) if self.recording else None
             if path and os.path.exists(path):
                 os.remove(path)
 
 
 def make_player(args, first_episode, record_every_value):
     entropy = (args.seed, first_episode)
+    recording = Recording(args.record, record_every_value, args.record_scale, args.record_gif) if args.record else None
     if args.envs == 1 or args.render:
-        return LocalPlayer(entropy, "human" if args.render else None, args.record, record_every_value)
-    return WorkerPool(args.envs, entropy, args.record, record_every_value)
+        return LocalPlayer(entropy, "human" if args.render else None, recording)
+    return WorkerPool(args.envs, entropy, recording)
 
 
 # --- Training --------------------------------------------------------------
@@ -803,6 +836,17 @@ def train(args):
 
 # --- Watching --------------------------------------------------------------
 
+def wilson_interval(successes, trials, z=1.96):
+    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n),
+    it stays within [0, 1] and does not shrink to a point at 0 of n or n of n."""
+    if trials == 0:
+        return 0.0, 1.0
+    share, spread = successes / trials, z * z / trials
+    centre = (share + spread / 2) / (1 + spread)
+    half = z * (share * (1 - share) / trials + spread / (4 * trials)) ** 0.5 / (1 + spread)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
@@ -822,46 +866,59 @@ def play(args):
             print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
     finally:
         player.close()
+    games_won = sum(e.points_won > e.points_lost for e in results)
+    low, high = wilson_interval(games_won, len(results))
     won_points, played_points = sum(e.points_won for e in results), sum(e.points_won + e.points_lost for e in results)
-    print(f"played {len(results)} episodes with {path}: won {sum(e.points_won > e.points_lost for e in results)} of "
-          f"{len(results)}, points won {won_points} of {played_points} ({100 * won_points / max(played_points, 1):.1f}%), "
+    print(f"played {len(results)} episodes with {path}: won {games_won} of {len(results)} "
+          f"({100 * games_won / max(len(results), 1):.0f}%, 95% interval {100 * low:.0f}-{100 * high:.0f}%), "
+          f"points won {won_points} of {played_points} ({100 * won_points / max(played_points, 1):.1f}%), "
           f"mean episode reward {np.mean([e.reward for e in results]) if results else 0:f}")
 
 
-def plot(args):
-    """--plot: learning_curve.png from progress.csv."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    directory = os.path.dirname(os.path.abspath(checkpoint_path(args)))
+def progress_columns(directory):
+    """A model folder's progress.csv as columns of numbers."""
     source = os.path.join(directory, "progress.csv")
     try:
         rows = read_progress(source)
     except OSError as error:
-        fail(f"cannot read {source} ({error})")
-    columns = {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
+        fail(f"cannot read {source} ({error.strerror or error})")
     if not rows:
         fail(f"{source} has no episodes yet")
+    return {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
+
+
+def plot(args):
+    """--plot [DIR ...]: the learning curves of one or several model folders in
+    one figure, learning_curve.png in the folder (or the folder holding them all)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    folders = args.plot or [os.path.dirname(checkpoint_path(args)) or "."]
+    runs = {folder: progress_columns(folder) for folder in folders}
+    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    top.plot(columns["episode"], columns["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
-    top.plot(columns["episode"], columns["running_mean"], linewidth=2, label="running mean")
+    for folder, run in runs.items():
+        if len(runs) == 1:  # one run: every episode as a dot behind its means
+            top.plot(run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+            bottom.plot(run["episode"], run["points_won"], ".", markersize=2, alpha=0.3, label="points won")
+        top.plot(run["episode"], run["running_mean"], linewidth=2,
+                 label=f"{folder}: running mean ({len(run['episode'])} episodes)")
+        bottom.plot(run["episode"][window - 1:], np.convolve(run["points_won"], np.ones(window) / window, "valid"),
+                    linewidth=2, label=f"{folder}: mean of the last {window} episodes")
     top.axhline(0, color="grey", linewidth=0.8)
     top.set_ylim(-21.5, 21.5)
     top.set_ylabel("reward (points won - lost)")
     top.legend(loc="upper left")
-    top.set_title(f"Pong from pixels: {len(rows)} episodes")
-    bottom.plot(columns["episode"], columns["points_won"], ".", markersize=2, alpha=0.3, label="points won")
-    window = min(100, len(rows))
-    bottom.plot(columns["episode"][window - 1:], np.convolve(columns["points_won"], np.ones(window) / window, "valid"),
-                linewidth=2, label=f"mean of the last {window} episodes")
+    top.set_title("Pong from pixels: " + ", ".join(folders))
     bottom.legend(loc="upper left")
     bottom.set_ylim(-0.5, 21.5)
     bottom.set_ylabel("points won per episode")
     bottom.set_xlabel("episode")
     figure.tight_layout()
-    output = os.path.join(directory, "learning_curve.png")
+    output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
     figure.savefig(output, dpi=100)
     print(f"wrote {output}")
+    return figure
 
 
 # --- Command line ----------------------------------------------------------
@@ -893,9 +950,18 @@ class OneLineErrors(argparse.ArgumentParser):
         fail(f"{message} (see --help)")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help: a flag's default where it has one; the examples kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in action.help:
+            return action.help
+        return action.help + " (default: %(default)s)"
+
+
 def parse_args(argv=None):
-    parser = OneLineErrors(description=__doc__.split("\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrors(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
+                           epilog="examples:\n" + __doc__.split("\n\n")[-1])
     flag = parser.add_argument
     flag("--render", action="store_true", default=render,
          help="show the game in a window (needs a display; implies --envs 1)")
@@ -913,12 +979,19 @@ def parse_args(argv=None):
     flag("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
     flag("--save-every", type=positive_int, default=save_every, help="episodes between checkpoints and progress lines")
     flag("--play", type=positive_int, metavar="N", help="play N episodes with the checkpoint's policy, learn nothing")
-    flag("--record", metavar="DIR", help="save episodes as MP4 videos in DIR")
+    flag("--record", metavar="DIR", help="save episodes as MP4 videos in DIR (30 frames a second, one per agent step)")
     flag("--record-every", type=positive_int, default=record_every,
          help="with --record during training: episodes between videos")
-    flag("--plot", action="store_true", help="draw learning_curve.png from progress.csv, train nothing")
+    flag("--record-scale", type=positive_int, default=record_scale,
+         help="with --record: draw each pixel as an N x N block (3: 480x630 videos)")
+    flag("--record-gif", type=positive_int, metavar="STEPS",
+         help="with --record: animated GIFs of each episode's first STEPS agent steps instead of MP4s "
+              "(kept in memory: about 1.5 MB a step at scale 3)")
+    flag("--plot", nargs="*", metavar="DIR",
+         help="draw learning_curve.png from progress.csv in --model-dir, or from each DIR into one figure "
+              "(in the folder that holds them all); train nothing")
     args = parser.parse_args(argv)
-    if args.play and args.plot:
+    if args.play and args.plot is not None:
         parser.error("--play and --plot are separate commands")
     return args
 
@@ -931,10 +1004,10 @@ def check_display(args):
 def main(argv=None):
     args = parse_args(argv)
     check_display(args)
-    if args.record and not args.plot:
+    if args.record and args.plot is None:
         writable_directory(args.record, "videos")
     try:
-        if args.plot:
+        if args.plot is not None:
             plot(args)
         elif args.play:
             play(args)

@@ -373,7 +373,7 @@ def test_help_lists_every_flag(tmp_path):
     assert result.returncode == 0, result.describe()
     for flag in ("--render", "--resume", "--episodes", "--batch-size", "--learning-rate", "--gamma", "--decay-rate",
                  "--hidden", "--seed", "--model-dir", "--save-every", "--envs", "--play", "--record",
-                 "--record-every", "--plot", "--model"):
+                 "--record-every", "--record-scale", "--record-gif", "--plot", "--model"):
         assert re.search(rf"^\s+{flag}\b", result.stdout, re.M), flag
     assert result.stderr == ""
 

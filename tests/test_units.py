@@ -634,9 +634,9 @@ def test_parse_args_defaults_come_from_the_top_of_the_script(pong):
     assert args.model_dir == "models"
     assert args.seed == 1
     assert args.save_every == 100
-    assert args.record_every == 100
+    assert args.record_every == 100 and args.record_scale == 3 and args.record_gif is None
     assert args.episodes is None and args.play is None and args.record is None and args.model is None
-    assert args.plot is False
+    assert args.plot is None
     assert 1 <= args.envs <= 10
 
 
@@ -661,13 +661,61 @@ def test_parse_args_flags(pong):
     ["--batch-size", "-1"], ["--batch-size", "0"], ["--batch-size", "abc"], ["--learning-rate", "0"],
     ["--learning-rate", "-0.1"], ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"],
     ["--hidden", "0"], ["--episodes", "0"], ["--envs", "0"], ["--save-every", "0"], ["--record-every", "0"],
-    ["--play", "0"], ["--play", "1", "--plot"], ["--unknown-flag"],
+    ["--play", "0"], ["--play", "1", "--plot"], ["--unknown-flag"], ["--record-scale", "0"],
+    ["--record-gif", "0", "--record", "v"],
 ])
 def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         pong.parse_args(argv)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_parse_args_plot_takes_any_number_of_folders(pong):
+    assert pong.parse_args(["--plot"]).plot == []
+    assert pong.parse_args(["--plot", "runs/a", "runs/b", "--envs", "1"]).plot == ["runs/a", "runs/b"]
+
+
+def test_help_shows_only_real_defaults_and_ends_with_the_examples(pong, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pong.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    words = " ".join(text.split())
+    assert "(default: None)" not in words and "(default: False)" not in words
+    assert "(default: until Ctrl-C)" in words and "(default: 10)" in words and "(default: models)" in words
+    examples = [line.strip() for line in pong.__doc__.split("\n\n")[-1].strip().splitlines()]
+    for command in ("tutorial_atari_pong.py  ", "--resume", "--play", "--record", "--plot"):
+        assert any(command in line for line in examples), command
+    assert [line.strip() for line in text.rstrip().splitlines()[-len(examples) - 1:]] == ["examples:", *examples]
+
+
+@pytest.mark.parametrize("successes, trials, low, high", [
+    (14, 20, 0.4810, 0.8545), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (1, 2, 0.0945, 0.9055), (0, 0, 0.0, 1.0),
+])
+def test_wilson_interval_on_known_counts(pong, successes, trials, low, high):
+    assert pong.wilson_interval(successes, trials) == pytest.approx((low, high), abs=5e-5)
+
+
+def test_video_draws_each_pixel_as_a_block_and_a_gif_keeps_the_first_frames(pong, tmp_path):
+    import imageio.v3 as imageio
+    frames = np.random.default_rng(0).integers(0, 4, (5, 7, 6, 3), dtype=np.uint8) * 60  # few colours, as in Pong
+    video = pong.Video(str(tmp_path / "clip.gif"), 2, limit=3)
+    for frame in frames:
+        video.add(frame)
+    video.close()
+    written = imageio.imread(tmp_path / "clip.gif", index=None)[..., :3]
+    assert np.array_equal(written, frames[:3].repeat(2, axis=1).repeat(2, axis=2))
+
+
+@pytest.mark.parametrize("frames", [0, 2])
+def test_a_discarded_video_leaves_no_file_even_before_its_first_frame(pong, tmp_path, frames):
+    video = pong.Video(str(tmp_path / "clip.mp4"), 3)
+    for _ in range(frames):
+        video.add(np.zeros((210, 160, 3), np.uint8))
+    video.discard()
+    video.close()  # play_episode closes every video it opened, discarded or not
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong):

@@ -1,6 +1,8 @@
 """Watching a policy: --play, videos, TensorBoard scalars and --plot."""
 import glob
+import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -42,11 +44,15 @@ def test_play_prints_one_score_line_per_episode_and_a_summary_that_adds_up(play_
     summary = PLAY_SUMMARY_RE.match(lines[2])
     assert summary, lines[2]
     assert int(summary[1]) == 2 and summary[2] == str(trained.checkpoint)
-    assert int(summary[3]) == sum(w > l for w, l in zip(won, lost)) and int(summary[4]) == 2
-    assert int(summary[5]) == sum(won)
-    assert int(summary[6]) == sum(won) + sum(lost)
-    assert float(summary[7]) == pytest.approx(100 * sum(won) / (sum(won) + sum(lost)), abs=0.05)
-    assert float(summary[8]) == pytest.approx(np.mean(np.array(won) - np.array(lost)), abs=1e-6)
+    games_won = sum(w > l for w, l in zip(won, lost))
+    assert int(summary[3]) == games_won and int(summary[4]) == 2
+    assert int(summary[5]) == round(100 * games_won / 2)
+    interval = {0: (0, 66), 1: (9, 91), 2: (34, 100)}[games_won]  # Wilson, 95%, of n = 2 (hand-computed)
+    assert (int(summary[6]), int(summary[7])) == interval
+    assert int(summary[8]) == sum(won)
+    assert int(summary[9]) == sum(won) + sum(lost)
+    assert float(summary[10]) == pytest.approx(100 * sum(won) / (sum(won) + sum(lost)), abs=0.05)
+    assert float(summary[11]) == pytest.approx(np.mean(np.array(won) - np.array(lost)), abs=1e-6)
     assert "Traceback" not in result.stderr
 
 
@@ -61,7 +67,7 @@ def test_play_records_every_episode_as_an_mp4(play_run):
     assert sorted(p.name for p in (cwd / "videos").iterdir()) == ["episode-000000.mp4", "episode-000001.mp4"]
     frames, shapes = count_video_frames(cwd / "videos" / "episode-000000.mp4")
     assert frames > 100
-    assert shapes == {(210, 160, 3)}
+    assert shapes == {(630, 480, 3)}  # 210x160 frames, each pixel a 3x3 block
 
 
 def test_record_creates_a_missing_directory(trained, tmp_path):
@@ -80,7 +86,7 @@ def test_training_video_has_one_frame_per_observation(pool_run):
     steps = int(read_progress(pool_run.model_dir)[0]["steps"])
     frames, shapes = count_video_frames(videos / "episode-000000.mp4")
     assert frames == steps + 1
-    assert shapes == {(210, 160, 3)}
+    assert shapes == {(630, 480, 3)}  # 210x160 frames, each pixel a 3x3 block
 
 
 def read_scalars(directory):
@@ -135,3 +141,72 @@ def test_plot_skips_a_torn_last_row_and_says_so(trained, tmp_path):
     assert result.lines == [f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows",
                             f"wrote {model_dir / 'learning_curve.png'}"]
     assert (model_dir / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_record_gif_keeps_the_first_steps_with_exact_colours_at_3x(pong, trained, tmp_path):
+    """--record-gif 60: a looping GIF of the first 60 observations at 30 frames
+    a second (GIF's 3/100 s), each pixel an exact 3x3 block of the game's own
+    colour; Pillow merges repeated frames into longer ones."""
+    from PIL import Image, ImageSequence
+    result = run_script(["--play", 1, "--envs", 1, "--record", "gifs", "--record-gif", 60,
+                         "--model-dir", trained.model_dir], tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert sorted(p.name for p in (tmp_path / "gifs").iterdir()) == ["episode-000000.gif"]
+    with Image.open(tmp_path / "gifs" / "episode-000000.gif") as gif:
+        assert gif.info["loop"] == 0
+        frames = [(np.asarray(frame.convert("RGB")), frame.info["duration"]) for frame in ImageSequence.Iterator(gif)]
+    assert sum(duration for _, duration in frames) == 60 * 30
+    assert {frame.shape for frame, _ in frames} == {(630, 480, 3)}
+    env_seed, _ = pong.seeds(1, 0)  # --seed 1, episode 0: the emulator --play --envs 1 starts with
+    env = pong.make_env(env_seed)
+    env.reset()
+    first_observation = env.ale.getScreenRGB()
+    env.close()
+    assert np.array_equal(frames[0][0], first_observation.repeat(3, axis=0).repeat(3, axis=1))
+
+
+def write_progress(directory, running_means, points_won):
+    directory.mkdir(parents=True)
+    with open(directory / "progress.csv", "w") as f:
+        f.write("episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time\n")
+        for episode, (mean, won) in enumerate(zip(running_means, points_won)):
+            f.write(f"{episode},{2 * won - 21},{mean},{won},21,1000,0.250,2026-01-01T00:00:00\n")
+
+
+def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_path, capsys):
+    slow, fast = tmp_path / "runs" / "lr1e-4", tmp_path / "runs" / "lr3e-4"
+    write_progress(slow, [-20.0, -19.5, -19.0, -18.5], [0, 1, 2, 3])
+    write_progress(fast, [-20.0, -18.0, -16.0], [1, 3, 5])
+    figure = pong.plot(pong.parse_args(["--plot", str(slow), str(fast)]))
+    output = tmp_path / "runs" / "learning_curve.png"
+    assert capsys.readouterr().out.splitlines() == [f"wrote {output}"]
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    top, bottom = figure.axes
+    means = {line.get_label(): list(line.get_ydata()) for line in top.get_lines()
+             if not line.get_label().startswith("_")}  # the zero line has no label
+    assert means == {f"{slow}: running mean (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
+                     f"{fast}: running mean (3 episodes)": [-20.0, -18.0, -16.0]}
+    won = {line.get_label(): list(line.get_ydata()) for line in bottom.get_lines()}
+    assert won == {f"{slow}: mean of the last 1 episodes": [0, 1, 2, 3],  # window: a tenth of the shortest run
+                   f"{fast}: mean of the last 1 episodes": [1, 3, 5]}
+
+
+def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, capsys):
+    write_progress(tmp_path / "a", [-20.0], [1])
+    (tmp_path / "b").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        pong.main(["--plot", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{os.path.basename(sys.argv[0])}: error: cannot read {tmp_path / 'b' / 'progress.csv'} "
+        "(No such file or directory)"]
+    assert not (tmp_path / "learning_curve.png").exists()
+
+
+def test_tensorboard_shows_each_model_folder_as_its_own_run(trained, tmp_path):
+    """`tensorboard --logdir runs` names a run by its folder under runs/."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    for name in ("a", "b"):
+        shutil.copytree(trained.model_dir, tmp_path / "runs" / name)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Reload().Runs()
+    assert set(runs) == {"a/tensorboard", "b/tensorboard"}
