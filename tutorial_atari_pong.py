@@ -876,7 +876,8 @@ def play(args):
 
 
 def progress_columns(directory):
-    """A model folder's progress.csv as columns of numbers."""
+    """A model folder's progress.csv as columns of numbers, with the hours of
+    training since episode 0 (gaps of 10 minutes or more are stops, not counted)."""
     source = os.path.join(directory, "progress.csv")
     try:
         rows = read_progress(source)
@@ -884,12 +885,32 @@ def progress_columns(directory):
         fail(f"cannot read {source} ({error.strerror or error})")
     if not rows:
         fail(f"{source} has no episodes yet")
-    return {name: np.array([float(row[name]) for row in rows]) for name in ("episode", "reward", "running_mean", "points_won")}
+    columns = {name: np.array([float(row[name]) for row in rows])
+               for name in ("episode", "reward", "running_mean", "points_won", "points_lost")}
+    times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
+    gaps = np.diff(times, prepend=times[0])
+    columns["hours"] = np.cumsum(np.where(gaps < 600, gaps, 0)) / 3600
+    return columns
+
+
+def shares_won(run, window):
+    """Per cent of points and of games won over each `window` episodes in a row."""
+    def total(values):
+        return np.convolve(values, np.ones(window), "valid")
+    won, lost = total(run["points_won"]), total(run["points_lost"])
+    return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
+
+
+# The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
+# "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
+TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
+MILESTONES = (5000, 10000, 15000, 20000, 30000, 40000)
 
 
 def plot(args):
     """--plot [DIR ...]: the learning curves of one or several model folders in
-    one figure, learning_curve.png in the folder (or the folder holding them all)."""
+    one figure, learning_curve.png in the folder (or the folder holding them
+    all), and for each a table of the shares won before each milestone."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -898,21 +919,34 @@ def plot(args):
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
     for folder, run in runs.items():
-        if len(runs) == 1:  # one run: every episode as a dot behind its means
+        if len(runs) == 1:  # one run: every episode as a dot behind its mean
             top.plot(run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
-            bottom.plot(run["episode"], run["points_won"], ".", markersize=2, alpha=0.3, label="points won")
         top.plot(run["episode"], run["running_mean"], linewidth=2,
                  label=f"{folder}: running mean ({len(run['episode'])} episodes)")
-        bottom.plot(run["episode"][window - 1:], np.convolve(run["points_won"], np.ones(window) / window, "valid"),
-                    linewidth=2, label=f"{folder}: mean of the last {window} episodes")
+        points, games = shares_won(run, window)
+        bottom.plot(run["episode"][window - 1:], points, linewidth=2, label=f"{folder}: points won")
+        print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
+              f"over the {window} episodes before each mark:")
+        for mark in [m for m in MILESTONES if m <= len(run["episode"])] + [len(run["episode"])]:
+            print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
+                  f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours")
+    last = max(run["episode"][-1] for run in runs.values())
+    for episodes, share in TUTORIAL_CLAIMS:
+        if episodes <= last:
+            bottom.plot(episodes, share, "k*", markersize=10)
+            bottom.annotate(f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points")
+    if last >= 30000:
+        bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
+        bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
     top.axhline(0, color="grey", linewidth=0.8)
     top.set_ylim(-21.5, 21.5)
     top.set_ylabel("reward (points won - lost)")
     top.legend(loc="upper left")
     top.set_title("Pong from pixels: " + ", ".join(folders))
+    bottom.axhline(50, color="grey", linewidth=0.8)
     bottom.legend(loc="upper left")
-    bottom.set_ylim(-0.5, 21.5)
-    bottom.set_ylabel("points won per episode")
+    bottom.set_ylim(0, 100)
+    bottom.set_ylabel(f"% of points won\n(last {window} episodes)")
     bottom.set_xlabel("episode")
     figure.tight_layout()
     output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")

@@ -119,7 +119,7 @@ def test_plot_draws_the_learning_curve_png(trained, tmp_path):
     result = run_script(["--plot", "--model-dir", model_dir], tmp_path)
     assert result.returncode == 0, result.describe()
     output = model_dir / "learning_curve.png"
-    assert result.lines == [f"wrote {output}"]
+    assert result.lines[0].startswith(f"{model_dir}: 2 episodes in ") and result.lines[-1] == f"wrote {output}"
     data = output.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
@@ -138,8 +138,9 @@ def test_plot_skips_a_torn_last_row_and_says_so(trained, tmp_path):
         f.write("2,-1")
     result = run_script(["--plot", "--model-dir", model_dir], tmp_path)
     assert result.returncode == 0, result.describe()
-    assert result.lines == [f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows",
-                            f"wrote {model_dir / 'learning_curve.png'}"]
+    assert result.lines[0] == f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows"
+    assert result.lines[1].startswith(f"{model_dir}: 2 episodes in ")
+    assert result.lines[-1] == f"wrote {model_dir / 'learning_curve.png'}"
     assert (model_dir / "learning_curve.png").stat().st_size > 10_000
 
 
@@ -165,12 +166,13 @@ def test_record_gif_keeps_the_first_steps_with_exact_colours_at_3x(pong, trained
     assert np.array_equal(frames[0][0], first_observation.repeat(3, axis=0).repeat(3, axis=1))
 
 
-def write_progress(directory, running_means, points_won):
+def write_progress(directory, running_means, points_won, wall_times=None):
     directory.mkdir(parents=True)
+    wall_times = wall_times or ["2026-01-01T00:00:00"] * len(points_won)
     with open(directory / "progress.csv", "w") as f:
         f.write("episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time\n")
-        for episode, (mean, won) in enumerate(zip(running_means, points_won)):
-            f.write(f"{episode},{2 * won - 21},{mean},{won},21,1000,0.250,2026-01-01T00:00:00\n")
+        for episode, (mean, won, time) in enumerate(zip(running_means, points_won, wall_times)):
+            f.write(f"{episode},{2 * won - 21},{mean},{won},21,1000,0.250,{time}\n")
 
 
 def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_path, capsys):
@@ -179,16 +181,38 @@ def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_
     write_progress(fast, [-20.0, -18.0, -16.0], [1, 3, 5])
     figure = pong.plot(pong.parse_args(["--plot", str(slow), str(fast)]))
     output = tmp_path / "runs" / "learning_curve.png"
-    assert capsys.readouterr().out.splitlines() == [f"wrote {output}"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {output}"
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     top, bottom = figure.axes
     means = {line.get_label(): list(line.get_ydata()) for line in top.get_lines()
              if not line.get_label().startswith("_")}  # the zero line has no label
     assert means == {f"{slow}: running mean (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
                      f"{fast}: running mean (3 episodes)": [-20.0, -18.0, -16.0]}
-    won = {line.get_label(): list(line.get_ydata()) for line in bottom.get_lines()}
-    assert won == {f"{slow}: mean of the last 1 episodes": [0, 1, 2, 3],  # window: a tenth of the shortest run
-                   f"{fast}: mean of the last 1 episodes": [1, 3, 5]}
+    won = {line.get_label(): list(line.get_ydata()) for line in bottom.get_lines()
+           if not line.get_label().startswith("_")}
+    # window: a tenth of the shortest run, so 1 episode; each lost 21 points
+    assert won == {f"{slow}: points won": pytest.approx([0, 100 / 22, 200 / 23, 300 / 24]),
+                   f"{fast}: points won": pytest.approx([100 / 22, 300 / 24, 500 / 26])}
+
+
+def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp_path, capsys):
+    """Points and games won over the window before each mark (a milestone or
+    the last episode), and hours of training, where a gap of 10 minutes or
+    more between two episodes is a stop."""
+    run = tmp_path / "run"
+    times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(5998)] + \
+        ["2026-01-01T05:00:00", "2026-01-01T05:00:01"]  # a stop of over 3 hours before the last two episodes
+    won = [21 if i % 4 == 0 else 7 for i in range(6000)]  # a quarter of the games won (every row says 21 points lost)
+    write_progress(run, [0.0] * 6000, won, times)
+    pong.plot(pong.parse_args(["--plot", str(run)]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [
+        f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark:",
+        f"    5000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
+        "games won  25.0%,  1.39 hours",
+        f"    6000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
+        "games won  25.0%,  1.67 hours",
+        f"wrote {run / 'learning_curve.png'}"]
 
 
 def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, capsys):
