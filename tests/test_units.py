@@ -391,8 +391,11 @@ def test_update_policy_takes_two_tf1_rmsprop_steps_on_the_dense_gradients(pong):
                                             pong.mean_squares(optimizer, model)):
             step, expected_step = w.numpy() - p, expected - p
             assert np.abs(expected_step).max() > 1e-6, name  # the weights really moved
-            np.testing.assert_allclose(step, expected_step, rtol=2e-3, atol=2e-3 * np.abs(expected_step).max(),
-                                       err_msg=name)
+            # to float32 rounding: of the weight (its spacing), and of the gradient, whose sums run in another
+            # order sparsely than densely (1e-4 of the step, 1e-5 of the largest step)
+            error = np.abs(step - expected_step)
+            bound = 1e-4 * np.abs(expected_step) + 1e-5 * np.abs(expected_step).max() + 2 * np.spacing(np.abs(p))
+            assert np.all(error <= bound), (name, float((error / bound).max()))
             np.testing.assert_allclose(pong.mean_squares(optimizer, model)[name].numpy(), ms, rtol=1e-5,
                                        err_msg=name)
 
