@@ -113,6 +113,14 @@ class LiveRun:
             self.seen.append(line)
         return returncode, self.process.stderr.read()
 
+    def kill_9(self):
+        """kill -9 of the script alone, as the OOM killer would do it: returns
+        the processes it had started and those of them still running 10 s later."""
+        started = descendants(self.process.pid)
+        self.process.kill()
+        self.process.wait()
+        return started, left_after(started, seconds=10)
+
     def kill(self):
         """Stop it by force, and all it started: a failing test leaves nothing behind."""
         if self.process.poll() is None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_FIELDS, PROGRESS_RE, LiveRun, descendants, left_after,
+from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_FIELDS, PROGRESS_RE, LiveRun,
                      read_progress, run_script)
 
 pytestmark = pytest.mark.e2e
@@ -50,10 +50,7 @@ def test_hard_kills_at_random_instants_leave_a_run_that_resumes(pong, tmp_path):
                 assert assert_consistent(pong, model_dir, context + ", after the first save") >= saved
             run.wait_for(where)
             time.sleep(delay)
-            processes = descendants(run.process.pid)
-            run.process.kill()
-            run.process.wait()
-            left = left_after(processes, seconds=10)
+            processes, left = run.kill_9()
         finally:
             run.kill()
         assert len(processes) == 2, context

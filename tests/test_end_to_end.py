@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
-                     assert_one_line_error, descendants, left_after, load_checkpoint, new_policy, parse_train_log,
+                     assert_one_line_error, load_checkpoint, new_policy, parse_train_log,
                      read_progress, run_script, running_means, script_env)
 
 pytestmark = pytest.mark.e2e
@@ -252,10 +252,7 @@ def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
     run = LiveRun(["--envs", 3, "--batch-size", 2, "--model-dir", tmp_path / "m"], tmp_path)
     try:
         run.wait_for(POINT_RE)  # both workers are playing
-        workers = descendants(run.process.pid)
-        run.process.kill()
-        run.process.wait()
-        left = left_after(workers, seconds=10)
+        workers, left = run.kill_9()
     finally:
         run.kill()
     assert left == [], f"worker processes {left} of {workers} outlived the trainer"
