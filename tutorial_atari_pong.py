@@ -1023,7 +1023,8 @@ def parse_args(argv=None):
               "(kept in memory: about 1.5 MB a step at scale 3)")
     flag("--plot", nargs="*", metavar="DIR",
          help="draw learning_curve.png from progress.csv in --model-dir, or from each DIR into one figure "
-              "(in the folder that holds them all); train nothing")
+              "(in the folder that holds them all), and print the shares won at 5,000-40,000 episodes; "
+              "train nothing")
     args = parser.parse_args(argv)
     if args.play and args.plot is not None:
         parser.error("--play and --plot are separate commands")
