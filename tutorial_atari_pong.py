@@ -297,7 +297,7 @@ def make_optimizer(model, learning_rate_value, decay_rate_value):
     # Its slots appear at the first apply_gradients. A zero gradient creates
     # them without moving any weight; the mean square then goes back to 1.
     optimizer.apply_gradients([(tf.zeros_like(w), w) for w in model.trainable_weights])
-    for name, mean_square in mean_squares(optimizer, model).items():
+    for mean_square in mean_squares(optimizer, model).values():
         mean_square.assign(tf.ones_like(mean_square))
     return optimizer
 
