@@ -877,7 +877,7 @@ def play(args):
 
 def progress_columns(directory):
     """A model folder's progress.csv as columns of numbers, with the hours of
-    training since episode 0 (gaps of 10 minutes or more are stops, not counted)."""
+    training since episode 0 (a gap of 2 minutes or more between two episodes is a stop, not counted)."""
     source = os.path.join(directory, "progress.csv")
     try:
         rows = read_progress(source)
@@ -889,7 +889,7 @@ def progress_columns(directory):
                for name in ("episode", "reward", "running_mean", "points_won", "points_lost")}
     times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
     gaps = np.diff(times, prepend=times[0])
-    columns["hours"] = np.cumsum(np.where(gaps < 600, gaps, 0)) / 3600
+    columns["hours"] = np.cumsum(np.where(gaps < 120, gaps, 0)) / 3600
     return columns
 
 

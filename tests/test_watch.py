@@ -197,7 +197,7 @@ def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_
 
 def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp_path, capsys):
     """Points and games won over the window before each mark (a milestone or
-    the last episode), and hours of training, where a gap of 10 minutes or
+    the last episode), and hours of training, where a gap of 2 minutes or
     more between two episodes is a stop."""
     run = tmp_path / "run"
     times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(5998)] + \
