@@ -3,7 +3,7 @@ import pathlib
 
 import numpy as np
 
-PRETRAINED = pathlib.Path(__file__).resolve().parent.parent / "models" / "keras-rmsprop" / "model_pong.npz"
+PRETRAINED = pathlib.Path(__file__).resolve().parent.parent / "models" / "pretrained" / "model_pong.npz"
 WEIGHT_NAMES = ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
 
 
