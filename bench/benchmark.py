@@ -55,6 +55,29 @@ def peak_rss_mb(who=resource.RUSAGE_SELF):
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def machine_cpu_times():
+    """The machine's CPU time so far, in clock ticks, from /proc/stat's first
+    line: busy (user, nice, system, irq, softirq), idle (idle, iowait) and
+    steal (taken by the hypervisor for other machines)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
+
+
+def machine_shares(before, after):
+    """Shares of the machine's CPU time between two machine_cpu_times()."""
+    spent = {key: after[key] - before[key] for key in before}
+    total = sum(spent.values()) or 1
+    return {key: value / total for key, value in spent.items()}
+
+
+def process_clock():
+    """This process's CPU seconds and involuntary context switches so far
+    (times it was made to give up the CPU while it could have run on)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nivcsw
+
+
 def current_rss_mb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -89,6 +112,7 @@ def variant_emulator(args):
         print("ready", flush=True)
         sys.stdin.readline()
     episodes = 0
+    cpu_before, switches_before = process_clock()
     started = now()
     for action in actions:
         _, _, terminated, truncated, _ = env.step(action)
@@ -96,8 +120,10 @@ def variant_emulator(args):
             episodes += 1
             env.reset()
     ended = now()
+    cpu_after, switches_after = process_clock()
     env.close()
     return {"steps": args.steps, "episodes": episodes, "updates": 0, "seconds": ended - started,
+            "cpu_seconds": cpu_after - cpu_before, "preemptions": switches_after - switches_before,
             "started": started, "ended": ended, "seed": args.seed,
             "timed": "emulator loop only (env built and seeded before the clock starts)",
             "peak_rss_mb": peak_rss_mb()}
@@ -117,26 +143,42 @@ def variant_own(args):
     from the end of train()'s setup (ProgressLog created, just before its
     loop starts) to the return of its last update_policy call (--save-every is
     set past the run, so nothing else follows in the loop); the whole call is
-    timed as well. Both hooks only observe: the real functions run."""
+    timed as well. The hooks only observe: the real functions run. One of them
+    wraps play_episode, in the worker processes too (they are forked after
+    it is in place), to count each episode's CPU seconds and preemptions."""
     tap = import_project()
-    marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0}
-    original_log, original_update = tap.ProgressLog, tap.update_policy
+    marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0, "episodes": []}
+    original_log, original_update, original_play = tap.ProgressLog, tap.update_policy, tap.play_episode
 
     class TimedProgressLog(original_log):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
+            marks["machine_start"], marks["trainer_start"] = machine_cpu_times(), process_clock()
             marks["loop_start"] = time.perf_counter()
+
+        def add(self, episode, running_mean):
+            marks["episodes"].append((episode.seconds, episode.cpu_seconds, episode.preemptions))
+            return super().add(episode, running_mean)
 
     def timed_update_policy(*a, **k):
         t = time.perf_counter()
         steps = original_update(*a, **k)
         marks["loop_end"] = time.perf_counter()
+        marks["machine_end"], marks["trainer_end"] = machine_cpu_times(), process_clock()
         marks["updates"] += 1
         marks["update_steps"] += steps
         marks["update_seconds"] += marks["loop_end"] - t
         return steps
 
-    tap.ProgressLog, tap.update_policy = TimedProgressLog, timed_update_policy
+    def counted_play_episode(*a, **k):
+        cpu_before, switches_before = process_clock()
+        episode = original_play(*a, **k)
+        if episode is not None:
+            cpu_after, switches_after = process_clock()
+            episode.cpu_seconds, episode.preemptions = cpu_after - cpu_before, switches_after - switches_before
+        return episode
+
+    tap.ProgressLog, tap.update_policy, tap.play_episode = TimedProgressLog, timed_update_policy, counted_play_episode
     argv = ["--episodes", str(args.episodes), "--model-dir", args.model_dir, "--save-every", str(10 ** 9)]
     if args.batch_size is not None:
         argv += ["--batch-size", str(args.batch_size)]
@@ -147,7 +189,7 @@ def variant_own(args):
             tap.main(argv)
             whole = time.perf_counter() - started
     finally:
-        tap.ProgressLog, tap.update_policy = original_log, original_update
+        tap.ProgressLog, tap.update_policy, tap.play_episode = original_log, original_update, original_play
     with open(os.path.join(args.model_dir, "progress.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     steps = sum(int(row["steps"]) for row in rows)
@@ -155,12 +197,18 @@ def variant_own(args):
         seconds, timed = marks["loop_end"] - marks["loop_start"], "training loop, updates included (hooks)"
     else:  # the hooks did not fire (renamed functions?): fall back to the whole call
         seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
-    return {"steps": steps, "episodes": len(rows), "updates": marks["updates"],
-            "episode_seconds": sum(float(row["seconds"]) for row in rows),
-            "update_steps": marks["update_steps"], "update_seconds": marks["update_seconds"],
-            "seconds": seconds, "whole_call_seconds": whole, "timed": timed,
-            "envs": tap.parse_args(argv).envs, "batch_size": tap.parse_args(argv).batch_size,
-            "peak_rss_mb": peak_rss_mb(), "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+    episode_seconds, episode_cpu, episode_preemptions = (sum(column) for column in zip(*marks["episodes"]))
+    result = {"steps": steps, "episodes": len(rows), "updates": marks["updates"],
+              "episode_seconds": episode_seconds, "episode_cpu_seconds": episode_cpu,
+              "episode_preemptions": episode_preemptions,
+              "update_steps": marks["update_steps"], "update_seconds": marks["update_seconds"],
+              "seconds": seconds, "whole_call_seconds": whole, "timed": timed,
+              "envs": tap.parse_args(argv).envs, "batch_size": tap.parse_args(argv).batch_size,
+              "peak_rss_mb": peak_rss_mb(), "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+    if "loop_end" in marks:
+        result["trainer_cpu_seconds"] = marks["trainer_end"][0] - marks["trainer_start"][0]
+        result["machine"] = machine_shares(marks["machine_start"], marks["machine_end"])
+    return result
 
 
 def synthetic_episodes(tap, total_steps, rng, first_number=0):
@@ -269,6 +317,7 @@ def spawn_ceiling(processes, steps, seed, timeout):
     deadline = time.monotonic() + timeout
     try:
         early_lines = [child.stdout.readline() for child in children]  # "ready", or "" if it died
+        machine_before = machine_cpu_times()
         for child in children:
             with contextlib.suppress(BrokenPipeError):  # one that died is reported below, with its output
                 child.stdin.write("go\n")
@@ -278,6 +327,7 @@ def spawn_ceiling(processes, steps, seed, timeout):
             stdout, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
             stderr.seek(0)
             results.append(variant_result("ceiling", child.returncode, early + stdout, stderr.read()))
+        machine = machine_shares(machine_before, machine_cpu_times())
     except subprocess.TimeoutExpired:
         raise SystemExit(f"benchmark: variant ceiling ran past --timeout {timeout:g} s") from None
     finally:
@@ -293,7 +343,44 @@ def spawn_ceiling(processes, steps, seed, timeout):
             "wall_steps_per_s": steps / (last_end - first_start),
             "start_spread_s": max(r["started"] for r in results) - first_start,
             "end_spread_s": last_end - min(r["ended"] for r in results),
+            "cpu_seconds": sum(r["cpu_seconds"] for r in results),
+            "preemptions": sum(r["preemptions"] for r in results), "machine": machine,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "per_process": results}
+
+
+def bracketed(before, after):
+    """The ceiling of one own run: the runs just before and just after it,
+    their rates averaged, their processes pooled."""
+    runs = (before, after)
+    return {"processes": after["processes"], "steps": after["steps"], "episodes": after["episodes"], "updates": 0,
+            "seconds": after["seconds"],
+            **{key: sum(run[key] for run in runs) / 2 for key in ("summed_steps_per_s", "wall_steps_per_s")},
+            **{key: max(run[key] for run in runs) for key in ("start_spread_s", "end_spread_s", "peak_rss_mb")},
+            "cpu_seconds": sum(run["cpu_seconds"] for run in runs),
+            "preemptions": sum(run["preemptions"] for run in runs),
+            "machine": {key: sum(run["machine"][key] for run in runs) / 2 for key in after["machine"]},
+            "per_process": before["per_process"] + after["per_process"], "before": before, "after": after}
+
+
+def where_time_went(own, ceiling):
+    """One round's own / ceiling ratio taken apart: the share of the workers'
+    time spent playing (the rest they wait at batch ends and for updates:
+    the algorithm's), the share of playing time they were on a CPU, and the
+    agent steps per CPU second; the same for the ceiling's processes, and the
+    machine's idle and stolen shares over each."""
+    ceiling_seconds = sum(p["seconds"] for p in ceiling["per_process"])
+    return {
+        "ratio": own["steps"] / own["seconds"] / ceiling["summed_steps_per_s"],
+        "own_playing_share": own["episode_seconds"] / (own["envs"] * own["seconds"]),
+        "own_on_cpu_share": own["episode_cpu_seconds"] / own["episode_seconds"],
+        "ceiling_on_cpu_share": ceiling["cpu_seconds"] / ceiling_seconds,
+        "own_steps_per_cpu_s": own["steps"] / own["episode_cpu_seconds"],
+        "ceiling_steps_per_cpu_s": sum(p["steps"] for p in ceiling["per_process"]) / ceiling["cpu_seconds"],
+        "own_preemptions_per_s": own["episode_preemptions"] / own["episode_seconds"],
+        "ceiling_preemptions_per_s": ceiling["preemptions"] / ceiling_seconds,
+        "own_trainer_cpu_share": own.get("trainer_cpu_seconds", float("nan")) / own["seconds"],
+        "own_machine": own.get("machine"), "ceiling_machine": ceiling["machine"],
+    }
 
 
 def positive_int(text):
@@ -315,7 +402,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="episodes per update, for the own and reference loops (default: the project's)")
     parser.add_argument("--update-steps", type=positive_int, default=100_000, help="steps in the synthetic update batch")
-    parser.add_argument("--rounds", type=positive_int, default=3,
+    parser.add_argument("--rounds", type=positive_int, default=5,
                         help="times the own loop and its ceiling are timed back to back (the median round is shown)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
     parser.add_argument("--seed", type=int, default=1)
@@ -330,20 +417,33 @@ def main(argv=None):
 
     started = time.perf_counter()
     common = ["--seed", str(args.seed)] + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
-    # The own loop and its ceiling, side by side, in --rounds rounds: a
-    # shared machine's speed drifts, so each round times both back to back,
-    # and the round with the median ratio is the one reported.
-    rounds = []
-    for _ in range(args.rounds):
+    # The own loop and its ceiling, side by side, in --rounds rounds. A
+    # virtual machine's speed drifts by tens of per cent within a minute, so
+    # each own run is bracketed by ceiling runs, one just before and one just
+    # after (each shared with the neighbouring round), and its ratio is to
+    # their mean: a steady drift cancels. A first own run, not counted, gives
+    # the worker count and step count for the first ceiling, and warms the
+    # caches that the first TensorFlow import fills.
+    def own_run():
         with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
             own = spawn("own", common + ["--episodes", str(args.episodes), "--model-dir", model_dir], args.timeout)
         if own["updates"] == 0:
             raise SystemExit(f"benchmark: the own loop made no update in {own['episodes']} episodes: "
                              f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
                              "pass --batch-size too")
-        ceiling = spawn_ceiling(own["envs"], own["steps"], args.seed, args.timeout)
+        return own
+
+    warm_up = own_run()
+    before = spawn_ceiling(warm_up["envs"], warm_up["steps"], args.seed, args.timeout)
+    rounds = []
+    for _ in range(args.rounds):
+        own = own_run()
+        after = spawn_ceiling(own["envs"], own["steps"], args.seed, args.timeout)
+        ceiling = bracketed(before, after)
         rounds.append((own["steps"] / own["seconds"] / ceiling["summed_steps_per_s"], own, ceiling))
+        before = after
     ratios = [ratio for ratio, _, _ in rounds]
+    breakdowns = [where_time_went(own, ceiling) for _, own, ceiling in rounds]
     _, own, ceiling = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
     results = {"own": own, "ceiling": ceiling}
     steps = own["steps"]
@@ -373,22 +473,35 @@ def main(argv=None):
     print()
     print("seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
           f"updates (the whole main() call, startup included, took {own['whole_call_seconds']:.2f} s).")
-    print(f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the first traces the "
-          f"tf.function); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
+    print(f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the tf.function is "
+          f"traced before the loop); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
           f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing.")
-    process_rates = " + ".join(format(r["steps"] / r["seconds"], ".0f") for r in ceiling["per_process"])
-    print(f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), "
-          f"started within {ceiling['start_spread_s'] * 1000:.1f} ms of each other; steps/s is the sum of their "
-          f"own rates ({process_rates}); seconds is from the first start to the last end (they ended "
-          f"{ceiling['end_spread_s']:.2f} s apart), over which they made {ceiling['wall_steps_per_s']:.0f} steps/s.")
+    brackets = " and ".join(" + ".join(format(r["steps"] / r["seconds"], ".0f") for r in run["per_process"])
+                            for run in (ceiling["before"], ceiling["after"]))
+    print(f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), run just "
+          f"before and just after the own loop; steps/s is the mean of the two runs' sums of their processes' own "
+          f"rates ({brackets}); the processes started within {ceiling['start_spread_s'] * 1000:.1f} ms of each "
+          f"other and ended up to {ceiling['end_spread_s']:.2f} s apart; from the first start to the last end "
+          f"they made {ceiling['wall_steps_per_s']:.0f} steps/s (mean of the two).")
     print(f"peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). own: the trainer "
           f"process; its {own['envs']} worker processes peaked at {own['peak_rss_children_mb']:.0f} MB each at "
           "most (forked from the trainer, so largely shared pages: not additive).")
     print(f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
           f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
           f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process.")
-    print(f"rounds: own / ceiling, each round timed back to back: {', '.join(format(r, '.2f') for r in ratios)}; "
+    print(f"rounds: own / ceiling, each own run between two ceiling runs: {', '.join(format(r, '.2f') for r in ratios)}; "
           "the table shows the median round.")
+    print("where each round's ratio went (own | ceiling): workers playing, the rest waiting at batch ends and "
+          "for updates | on a CPU while playing | agent steps per CPU second | preemptions per second | "
+          "machine idle, stolen")
+    for number, b in enumerate(breakdowns, 1):
+        machine = " | ".join(f"{m['idle']:.0%}, {m['steal']:.0%}" if m else "-"
+                             for m in (b["own_machine"], b["ceiling_machine"]))
+        print(f"  round {number}: {b['ratio']:.2f} = {b['own_playing_share']:.0%} playing | "
+              f"{b['own_on_cpu_share']:.0%} {b['ceiling_on_cpu_share']:.0%} | "
+              f"{b['own_steps_per_cpu_s']:.0f} {b['ceiling_steps_per_cpu_s']:.0f} | "
+              f"{b['own_preemptions_per_s']:.1f} {b['ceiling_preemptions_per_s']:.1f} | {machine}; "
+              f"trainer {b['own_trainer_cpu_share']:.0%} of a CPU")
     print(f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, {rate['own'] / rate['emulator']:.2f}x "
           "the bare emulator" + (f", {rate['own'] / rate['reference']:.1f}x the reference loop."
                                  if "reference" in results else "."))
@@ -400,6 +513,7 @@ def main(argv=None):
         "ratio_vs_reference": rate["own"] / rate["reference"] if "reference" in rate else None,
         "ratio_vs_ceiling": rate["own"] / rate["ceiling"],
         "ratio_vs_ceiling_rounds": ratios,
+        "ratio_vs_ceiling_breakdown": breakdowns,
         "ceiling_processes": ceiling["processes"],
         "ceiling_wall_steps_per_s": ceiling["wall_steps_per_s"],
         "update_100k_s": update["seconds"],

@@ -47,12 +47,29 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     assert summary["update"]["steps"] == summary["update_100k_steps"] == 3000
 
     # the ceiling: one emulator process per worker of the own loop, the own loop's steps split evenly,
-    # a seed each; its rate is the sum of theirs, which no wall-clock aggregate can exceed
+    # a seed each, run just before and just after the own loop; its rate is the mean of the two runs'
+    # sums of their processes' rates, which no wall-clock aggregate can exceed
     ceiling = variants["ceiling"]
-    processes = ceiling["per_process"]
-    assert summary["ceiling_processes"] == ceiling["processes"] == variants["own"]["envs"] == len(processes) >= 1
-    shares = [p["steps"] for p in processes]
-    assert sum(shares) == steps and max(shares) - min(shares) <= 1
-    assert len({p["seed"] for p in processes}) == len(processes)
-    assert rates["ceiling"] == pytest.approx(sum(p["steps"] / p["seconds"] for p in processes), rel=1e-9)
+    before, after = ceiling["before"], ceiling["after"]
+    assert summary["ceiling_processes"] == ceiling["processes"] == variants["own"]["envs"] >= 1
+    for run in (before, after):
+        assert len(run["per_process"]) == ceiling["processes"]
+        assert len({p["seed"] for p in run["per_process"]}) == ceiling["processes"]
+        assert 0 < run["wall_steps_per_s"] <= run["summed_steps_per_s"] * (1 + 1e-9)
+    shares = [p["steps"] for p in after["per_process"]]
+    assert sum(shares) == steps and max(shares) - min(shares) <= 1  # the ceiling after it plays the own run's steps
+    sums = [sum(p["steps"] / p["seconds"] for p in run["per_process"]) for run in (before, after)]
+    assert rates["ceiling"] == pytest.approx(sum(sums) / 2, rel=1e-9)
     assert 0 < summary["ceiling_wall_steps_per_s"] <= rates["ceiling"] * (1 + 1e-9)
+
+    # each round's ratio taken apart: shares of time, CPU speeds, all measured, all consistent
+    breakdown = summary["ratio_vs_ceiling_breakdown"]
+    assert [b["ratio"] for b in breakdown] == pytest.approx(rounds, rel=1e-9)
+    for b in breakdown:
+        assert 0 < b["own_playing_share"] <= 1.01 and 0 < b["own_on_cpu_share"] <= 1.05
+        assert 0 < b["ceiling_on_cpu_share"] <= 1.05
+        assert b["own_steps_per_cpu_s"] > 0 and b["ceiling_steps_per_cpu_s"] > 0
+        for machine in (b["own_machine"], b["ceiling_machine"]):
+            assert set(machine) == {"busy", "idle", "steal"} and sum(machine.values()) == pytest.approx(1)
+    own = variants["own"]
+    assert own["episode_seconds"] > 0 and 0 < own["episode_cpu_seconds"] <= own["episode_seconds"] * 1.05
