@@ -182,6 +182,8 @@ def variant_own(args):
     argv = ["--episodes", str(args.episodes), "--model-dir", args.model_dir, "--save-every", str(10 ** 9)]
     if args.batch_size is not None:
         argv += ["--batch-size", str(args.batch_size)]
+    if args.envs is not None:
+        argv += ["--envs", str(args.envs)]
     log_path = os.path.join(args.model_dir, "stdout.txt")
     try:
         with open(log_path, "w") as log, contextlib.redirect_stdout(log):
@@ -401,6 +403,8 @@ def main(argv=None):
                         help="episodes of the project's loop; the others play the same number of agent steps")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="episodes per update, for the own and reference loops (default: the project's)")
+    parser.add_argument("--envs", type=positive_int, default=None,
+                        help="worker processes of the own loop, and so processes of the ceiling (default: the project's)")
     parser.add_argument("--update-steps", type=positive_int, default=100_000, help="steps in the synthetic update batch")
     parser.add_argument("--rounds", type=positive_int, default=5,
                         help="times the own loop and its ceiling are timed back to back (the median round is shown)")
@@ -426,7 +430,8 @@ def main(argv=None):
     # caches that the first TensorFlow import fills.
     def own_run():
         with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
-            own = spawn("own", common + ["--episodes", str(args.episodes), "--model-dir", model_dir], args.timeout)
+            own = spawn("own", common + ["--episodes", str(args.episodes), "--model-dir", model_dir]
+                        + ([] if args.envs is None else ["--envs", str(args.envs)]), args.timeout)
         if own["updates"] == 0:
             raise SystemExit(f"benchmark: the own loop made no update in {own['episodes']} episodes: "
                              f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
