@@ -157,7 +157,9 @@ def variant_own(args):
             marks["loop_start"] = time.perf_counter()
 
         def add(self, episode, running_mean):
-            marks["episodes"].append((episode.seconds, episode.cpu_seconds, episode.preemptions))
+            nan = float("nan")  # if the play_episode hook did not fire
+            marks["episodes"].append((episode.seconds, getattr(episode, "cpu_seconds", nan),
+                                      getattr(episode, "preemptions", nan)))
             return super().add(episode, running_mean)
 
     def timed_update_policy(*a, **k):
@@ -199,7 +201,9 @@ def variant_own(args):
         seconds, timed = marks["loop_end"] - marks["loop_start"], "training loop, updates included (hooks)"
     else:  # the hooks did not fire (renamed functions?): fall back to the whole call
         seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
-    episode_seconds, episode_cpu, episode_preemptions = (sum(column) for column in zip(*marks["episodes"]))
+    episode_seconds, episode_cpu, episode_preemptions = (
+        (sum(column) for column in zip(*marks["episodes"])) if marks["episodes"]
+        else (sum(float(row["seconds"]) for row in rows), float("nan"), float("nan")))
     result = {"steps": steps, "episodes": len(rows), "updates": marks["updates"],
               "episode_seconds": episode_seconds, "episode_cpu_seconds": episode_cpu,
               "episode_preemptions": episode_preemptions,
