@@ -27,12 +27,12 @@ def test_pretrained_checkpoint_was_trained_with_the_tutorials_optimizer(pong):
     assert int(arrays["state/format"]) == pong.CHECKPOINT_FORMAT  # format 1 was Keras' RMSprop
 
 
-def test_pretrained_model_wins_far_more_points_than_a_random_policy(pong):
+def test_pretrained_model_holds_its_own_and_far_outplays_a_random_policy(pong):
     arrays = pong.read_checkpoint(str(PRETRAINED), pong.hidden)
     trained = [arrays[name] for name in WEIGHT_NAMES]
     uniform = [np.zeros_like(w) for w in trained]  # all logits 0: each action with probability 1/3
     won, lost = points(pong, trained)
-    # Near level with the built-in player (it wins about half the points at
-    # --play 100); chance wins one or two points in a hundred.
+    # The shipped model wins more than half the points at --play 100; 40% over
+    # 5 episodes leaves room for luck. Chance wins one or two points in a hundred.
     assert won / (won + lost) >= 0.4, (won, lost)
     assert points(pong, uniform)[0] < won / 4
