@@ -1,0 +1,726 @@
+"""The tutorial's "What next", as a tool: search its three knobs with Optuna.
+
+The tutorial ends by saying its parameters are not tuned, and suggests other
+learning rates, decay rates and initialisations. This script searches them.
+A trial is one setting, trained from scratch with seeds 1..S side by side:
+each run is tutorial_atari_pong.py itself, unchanged, as a subprocess, in
+its own folder RUNS/STUDY/trial-NNNN/seed-S/. The study lives in a database
+(an SQLite file in the runs folder, or any URL Optuna takes), so the same
+command carries on after a stop, and many machines pointed at one database
+share one study.
+
+    python sweep.py --trials 20 --episodes 3000 --seeds 2     # search, on this machine
+    python sweep.py --trials 20 --episodes 3000 -- --hidden 100   # flags after -- go to every run
+    python sweep.py --report                                   # which settings win
+"""
+import argparse
+import ast
+import collections
+import csv
+import ctypes
+import datetime
+import math
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+
+# What is searched: edit it here, like the script's defaults.
+LEARNING_RATE = (1e-5, 1e-2)  # RMSProp learning rate, searched on a log scale
+DECAY_RATE = (0.9, 0.999)  # RMSProp decay of the mean square
+INITIALISERS = ["glorot-uniform", "glorot-normal", "he-uniform", "he-normal", "truncated-normal"]
+# The median pruner: it compares a trial with the finished ones only once
+# there are this many, and not in the first part of the episodes, where every
+# setting still loses about 21-0 and the seeds' luck decides.
+PRUNE_STARTUP_TRIALS = 5
+PRUNE_WARMUP_FRACTION = 0.2
+
+# Defaults of the flags.
+trials = 20  # finished (complete or pruned) trials the study should hold
+episodes = 3000  # episodes each run of a trial trains
+seeds = 2  # runs per trial, seeds 1..seeds, side by side
+runs = "runs"  # the trials' folders: RUNS/STUDY/trial-NNNN/seed-S/
+study = "pong"
+save_every = 100  # episodes between checkpoints and between reports to the pruner
+grace_period = 120  # seconds without a heartbeat before a trial counts as dead and is retried
+
+SCRIPT = pathlib.Path(__file__).resolve().parent / "tutorial_atari_pong.py"
+PARAMS = ("learning_rate", "decay_rate", "init")  # Optuna's names, and the script's flags with - for _
+SET_BY_SWEEP = ("--model-dir", "--model", "--seed", "--learning-rate", "--decay-rate", "--init",
+                "--episodes", "--save-every", "--resume", "--restart", "--play", "--plot", "--render",
+                "--record", "--record-every", "--record-scale", "--record-gif")
+STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is killed
+POLL_SECONDS = 1  # how often the runs' progress.csv files are read
+WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
+OBJECTIVE = ("the mean episode reward over the last tenth of the E episodes (reward: points won minus "
+             "points lost, -21 to +21), averaged over the seeds")
+
+warnings.filterwarnings("ignore", message=".*is experimental.*")  # Optuna's heartbeat and retry
+import optuna  # noqa: E402  (after the filter: importing some of its parts warns)
+from optuna.exceptions import ExperimentalWarning  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # this script prints each trial's course itself
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepError(Exception):
+    """Something that stops the sweep with one line on stderr."""
+
+    def __init__(self, message, status=2):
+        super().__init__(message)
+        self.status = status
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM of the sweep, inside a trial: its runs have saved."""
+
+
+def fail(message, status=2):
+    print(f"sweep.py: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+# --- The search block and the script ---------------------------------------
+
+def script_names():
+    """The script's initialiser names and its default setting, read from its
+    source (importing it would start TensorFlow)."""
+    tree = ast.parse(SCRIPT.read_text(), str(SCRIPT))
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in ("learning_rate", "decay_rate", "init"):
+                values[name] = ast.literal_eval(node.value)
+            elif name == "INITIALISERS" and isinstance(node.value, ast.Dict):
+                values[name] = [ast.literal_eval(key) for key in node.value.keys]
+    if "INITIALISERS" not in values or "init" not in values:
+        raise SweepError(f"{SCRIPT.name} has no --init (no INITIALISERS table): it is older than this sweep")
+    return values
+
+
+def check_search_block(known_initialisers):
+    low, high = LEARNING_RATE
+    if not 0 < low < high < math.inf:
+        raise SweepError(f"LEARNING_RATE = {LEARNING_RATE} in sweep.py: need 0 < low < high")
+    low, high = DECAY_RATE
+    if not 0 <= low < high < 1:
+        raise SweepError(f"DECAY_RATE = {DECAY_RATE} in sweep.py: need 0 <= low < high < 1")
+    unknown = [name for name in INITIALISERS if name not in known_initialisers]
+    if not INITIALISERS or unknown or len(set(INITIALISERS)) < len(INITIALISERS):
+        raise SweepError(f"INITIALISERS = {INITIALISERS} in sweep.py: need distinct names from "
+                         f"{', '.join(known_initialisers)}")
+    if not 1 <= PRUNE_STARTUP_TRIALS or not 0 <= PRUNE_WARMUP_FRACTION < 1:
+        raise SweepError("PRUNE_STARTUP_TRIALS must be >= 1 and PRUNE_WARMUP_FRACTION in [0, 1) in sweep.py")
+
+
+def suggest(trial):
+    """One setting from the search block (a queued trial's fixed values come back as they are)."""
+    return {"learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
+            "decay_rate": trial.suggest_float("decay_rate", *DECAY_RATE),
+            "init": trial.suggest_categorical("init", INITIALISERS)}
+
+
+def in_search_block(setting):
+    return (LEARNING_RATE[0] <= setting["learning_rate"] <= LEARNING_RATE[1]
+            and DECAY_RATE[0] <= setting["decay_rate"] <= DECAY_RATE[1] and setting["init"] in INITIALISERS)
+
+
+def parse_setting(text, defaults):
+    """--enqueue learning_rate=3e-4,decay_rate=0.95,init=he-normal; what is left out is the script's default."""
+    setting = dict(defaults)
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in PARAMS or not value:
+            raise SweepError(f"--enqueue {text}: expected NAME=VALUE,... with names {', '.join(PARAMS)}")
+        try:
+            setting[name] = value.strip() if name == "init" else float(value)
+        except ValueError:
+            raise SweepError(f"--enqueue {text}: {value} is not a number") from None
+    if not in_search_block(setting):
+        raise SweepError(f"--enqueue {text}: outside the search block (learning rate {LEARNING_RATE}, "
+                         f"decay rate {DECAY_RATE}, init one of {', '.join(INITIALISERS)})")
+    return setting
+
+
+def describe(setting):
+    return (f"learning_rate={setting['learning_rate']:.3g}, decay_rate={setting['decay_rate']:.4g}, "
+            f"init={setting['init']}")
+
+
+def check_run_flags(flags):
+    """Flags after --: any of the script's, except those the sweep sets for each run."""
+    for flag in flags:
+        name = flag.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 2 and any(taken.startswith(name) for taken in SET_BY_SWEEP):
+            raise SweepError(f"{flag} after --: the sweep sets {', '.join(SET_BY_SWEEP[:8])} for each run "
+                             "itself (and records nothing)")
+
+
+# --- Storage ----------------------------------------------------------------
+
+def storage_url(args):
+    return args.storage or f"sqlite:///{os.path.join(args.runs, 'studies.db')}"
+
+
+def open_storage(url, must_exist, grace_seconds=None, retry=None):
+    """Optuna's RDB storage on url; any failure to reach it is one line."""
+    import sqlalchemy
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception as error:
+        raise SweepError(f"--storage {url}: not a database URL ({error})") from None
+    engine_kwargs = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": 60}  # two sweeps on one file wait for each other's writes
+        if parsed.database and parsed.database != ":memory:":
+            if must_exist and not os.path.exists(parsed.database):
+                raise SweepError(f"no study database at {parsed.database} (--storage, --runs)")
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    elif parsed.get_backend_name() == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, grace_period=grace_seconds,
+            heartbeat_interval=None if grace_seconds is None else max(1, grace_seconds // 5),
+            heartbeat_stale_trial_callback=retry)
+    except Exception as error:  # a missing driver, a refused connection, a file that is no database
+        reason = " ".join(str(error).split())
+        raise SweepError(f"cannot open the study database {hide_password(url)}: {reason[:300]}") from None
+
+
+def hide_password(url):
+    import sqlalchemy
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def open_study(args, storage, settings):
+    """The study, created if new (with the script's default setting as its
+    first trial). Its episodes, seeds and run flags are kept in the study:
+    trials are compared only if trained alike."""
+    try:
+        study_ = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study_ = optuna.load_study(study_name=args.study, storage=storage)
+        created = False
+    wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
+    kept = {name: study_.user_attrs[name] for name in wanted if name in study_.user_attrs}
+    if kept and kept != wanted and study_.get_trials(deepcopy=False, states=FINISHED):
+        raise SweepError(f"study {args.study} trains with {command_line(kept)}; this command has "
+                         f"{command_line(wanted)}: give the same, or a new --study")
+    for name, value in wanted.items():
+        study_.set_user_attr(name, value)
+    if created:
+        tutorial = {name: settings[name] for name in PARAMS}
+        if in_search_block(tutorial):
+            study_.enqueue_trial(tutorial)
+            print(f"new study {args.study}: its first trial is the tutorial's setting ({describe(tutorial)})")
+    for text in args.enqueue:
+        study_.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
+    return study_
+
+
+def command_line(kept):
+    flags = " ".join(kept.get("run_flags", []))
+    return f"--episodes {kept.get('episodes')} --seeds {kept.get('seeds')}" + (f" -- {flags}" if flags else "")
+
+
+# --- One run: the script in a seed's folder -----------------------------------
+
+def exit_with_sweep():
+    """In the run, before the script starts: the kernel sends it SIGTERM when
+    the sweep dies, however it dies (kill -9 too), and it saves and exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    sweep_pid = os.getpid()
+
+    def preexec():
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != sweep_pid:  # the sweep died before the line above: no one would stop this run
+            os._exit(1)
+    return preexec if sys.platform.startswith("linux") else None
+
+
+def checkpoint_episode(folder):
+    """Episodes done by the checkpoint in folder, None if it has none."""
+    path = folder / "model_pong.npz"
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(data["state/episode"])
+    except (OSError, KeyError, ValueError) as error:
+        raise SweepError(f"{path} cannot be read ({error}): move it away to start that run over") from None
+
+
+def folder_locked_by(folder):
+    """The pid in folder/.lock if a training run holds it (the script's own lock), else None."""
+    import fcntl
+    path = folder / ".lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            lock.seek(0)
+            return lock.read().strip() or "?"
+        fcntl.lockf(lock, fcntl.LOCK_UN)
+    return None
+
+
+class Run:
+    """The script training one seed of a trial, its output in the seed's folder."""
+
+    def __init__(self, folder, seed_value, setting, done, args, envs):
+        self.folder, self.seed = folder, seed_value
+        self.stderr_path = folder / "stderr.log"
+        self.stderr_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
+        command = [sys.executable, str(SCRIPT), "--resume" if done is not None else "--restart",
+                   "--model-dir", str(folder), "--seed", str(seed_value), "--envs", str(envs),
+                   "--learning-rate", repr(setting["learning_rate"]), "--decay-rate", repr(setting["decay_rate"]),
+                   "--init", setting["init"], "--save-every", str(args.save_every),
+                   "--episodes", str(args.episodes - (done or 0)), *args.run_flags]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(folder / "train.log", "a") as out, open(self.stderr_path, "a") as err:
+            self.process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True, preexec_fn=exit_with_sweep())
+
+    def error_line(self):
+        with open(self.stderr_path) as f:
+            f.seek(self.stderr_start)
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else f"exit status {self.process.returncode}"
+
+
+def stop_runs(active):
+    """SIGTERM, as Ctrl-C stops the script: each saves and exits."""
+    for run in active:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for run in active:
+        try:
+            run.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
+
+
+# --- Reading a run's progress ---------------------------------------------------
+
+def progress_rows(folder, episodes_wanted):
+    """progress.csv's whole rows for episodes 0..episodes_wanted-1, each once,
+    in order, up to the first missing one (a resume rewrites the file whole)."""
+    path = folder / "progress.csv"
+    try:
+        with open(path, newline="") as f:
+            lines = [line for line in f.read().splitlines(keepends=True) if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
+    by_episode = {}
+    for row in csv.DictReader(lines):
+        try:
+            number, _ = int(row["episode"]), float(row["running_mean"])
+            by_episode.setdefault(number, row)
+        except (KeyError, TypeError, ValueError):
+            continue
+    rows = []
+    while len(rows) < episodes_wanted and len(rows) in by_episode:
+        rows.append(by_episode[len(rows)])
+    return rows
+
+
+def training_hours(rows):
+    """Wall-clock between episodes, leaving out gaps of stops (as --plot counts it)."""
+    times = [datetime.datetime.fromisoformat(row["wall_time"]) for row in rows if row.get("wall_time")]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    return sum(gap for gap in gaps if 0 <= gap < WALL_GAP_SECONDS) / 3600
+
+
+def last_tenth(rows_by_seed):
+    """The objective and what the report shows, over the last tenth of each seed's episodes."""
+    tails = [rows[-max(1, len(rows) // 10):] for rows in rows_by_seed]
+    rewards = [[float(row["reward"]) for row in tail] for tail in tails]
+    won = sum(int(row["points_won"]) for tail in tails for row in tail)
+    lost = sum(int(row["points_lost"]) for tail in tails for row in tail)
+    return {"mean_reward": float(np.mean([np.mean(r) for r in rewards])),
+            "episodes": min(len(rows) for rows in rows_by_seed),
+            "points_won": won, "points_played": won + lost,
+            "games_won": sum(int(row["points_won"]) > int(row["points_lost"]) for tail in tails for row in tail),
+            "games": sum(len(tail) for tail in tails),
+            "hours": max(training_hours(rows) for rows in rows_by_seed)}
+
+
+# --- One trial --------------------------------------------------------------
+
+def trial_folder(args, trial):
+    """A retried trial keeps the first attempt's folder, so its runs resume there."""
+    if "folder" not in trial.user_attrs:
+        trial.set_user_attr("folder", f"trial-{trial.number:04d}")
+    return pathlib.Path(args.runs) / args.study / trial.user_attrs["folder"]
+
+
+def make_objective(args, stop_requested, current):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    envs = max(1, cores // args.seeds)
+    warmup = int(args.episodes * PRUNE_WARMUP_FRACTION)
+
+    def objective(trial):
+        current["trial"] = trial
+        setting = suggest(trial)
+        folder = trial_folder(args, trial)
+        trial.set_user_attr("host", socket.gethostname())
+        print(f"trial {trial.number}: {describe(setting)}, {args.seeds} runs in {folder}"
+              + (f" (trial {trial.user_attrs['folder'][6:].lstrip('0') or 0} tried again)"
+                 if trial.user_attrs["folder"] != f"trial-{trial.number:04d}" else ""), flush=True)
+        done = {}
+        for seed_value in range(1, args.seeds + 1):
+            seed_folder = folder / f"seed-{seed_value}"
+            seed_folder.mkdir(parents=True, exist_ok=True)
+            holder = folder_locked_by(seed_folder)
+            if holder:
+                raise SweepError(f"another training run (pid {holder}) is using {seed_folder}: "
+                                 f"trial {trial.number} waits in the study until it is free")
+            done[seed_value] = checkpoint_episode(seed_folder)
+        active = []
+        try:
+            for seed_value, episodes_done in done.items():
+                if episodes_done is None or episodes_done < args.episodes:
+                    active.append(Run(folder / f"seed-{seed_value}", seed_value, setting, episodes_done, args, envs))
+            rows_by_seed = watch(trial, folder, active, args, warmup, stop_requested)
+        except BaseException:
+            stop_runs(active)
+            raise
+        result = last_tenth(rows_by_seed)
+        for name, value in result.items():
+            trial.set_user_attr(name, value)
+        print(f"trial {trial.number} complete: objective {result['mean_reward']:+.3f} "
+              f"({describe(setting)})", flush=True)
+        return result["mean_reward"]
+    return objective
+
+
+def watch(trial, folder, active, args, warmup, stop_requested):
+    """Until the runs end: report the seeds' mean running mean every
+    --save-every episodes, stop them if the pruner says so."""
+    seed_folders = [folder / f"seed-{s}" for s in range(1, args.seeds + 1)]
+    reported = 0
+    while True:
+        if stop_requested():
+            stop_runs(active)
+            raise Stopped()
+        rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
+        reachable = min(len(rows) for rows in rows_by_seed) // args.save_every * args.save_every
+        for step in range(reported + args.save_every, min(reachable, args.episodes - 1) + 1, args.save_every):
+            value = float(np.mean([float(rows[step - 1]["running_mean"]) for rows in rows_by_seed]))
+            trial.report(value, step)
+            reported = step
+            print(f"trial {trial.number} episode {step}: the seeds' mean running mean {value:+.3f}", flush=True)
+            if step > warmup and trial.should_prune():
+                stop_runs(active)
+                prune(trial, [progress_rows(f, args.episodes) for f in seed_folders],
+                      f"pruned at episode {step}: mean running mean {value:+.3f} is below the median")
+        for run in active:
+            returncode = run.process.poll()
+            if returncode is not None and returncode != 0:
+                stop_runs(active)
+                message = run.error_line()
+                if "NaN or infinity" in message:  # the setting diverged: as hopeless as a pruned one
+                    prune(trial, [progress_rows(f, args.episodes) for f in seed_folders],
+                          f"diverged, seed {run.seed}: {message}")
+                raise SweepError(f"trial {trial.number}, seed {run.seed} ({run.folder}): {message}",
+                                 2 if returncode == 2 else 1)
+        if all(run.process.poll() == 0 for run in active):
+            rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
+            short = [f for f, rows in zip(seed_folders, rows_by_seed) if len(rows) < args.episodes]
+            if short:
+                raise SweepError(f"trial {trial.number}: the run in {short[0]} stopped before its "
+                                 f"{args.episodes} episodes (stopped by hand?)", 1)
+            return rows_by_seed
+        time.sleep(POLL_SECONDS)
+
+
+def prune(trial, rows_by_seed, why):
+    if all(rows_by_seed):
+        for name, value in last_tenth(rows_by_seed).items():
+            trial.set_user_attr(name, value)
+    trial.set_user_attr("pruned", why)
+    print(f"trial {trial.number} {why}", flush=True)
+    raise optuna.TrialPruned(why)
+
+
+# --- The sweep ----------------------------------------------------------------
+
+def finished_and_running(study_):
+    counts = collections.Counter(t.state for t in study_.get_trials(deepcopy=False))
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING], \
+        counts[TrialState.WAITING]
+
+
+def sweep(args):
+    settings = script_names()
+    check_search_block(settings["INITIALISERS"])
+    check_run_flags(args.run_flags)
+    for text in args.enqueue:
+        parse_setting(text, settings)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    storage = open_storage(storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry)
+    study_ = open_study(args, storage, settings)
+    pruner = (optuna.pruners.NopPruner() if args.no_prune else
+              optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS))
+    study_.pruner = pruner
+
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    current = {}
+    objective = make_objective(args, lambda: stop["requested"], current)
+    waiting_said = False
+    while not stop["requested"]:
+        optuna.storages.fail_stale_trials(study_)  # a dead sweep's trial goes back into the queue
+        finished, running, queued = finished_and_running(study_)
+        if finished >= args.trials:
+            print(f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done")
+            return 0
+        if finished + running >= args.trials and not queued:
+            if not waiting_said:
+                print(f"{running} trials are running elsewhere, enough for --trials {args.trials}: waiting "
+                      "for them (a trial whose sweep has died is taken over here)", flush=True)
+                waiting_said = True
+            time.sleep(POLL_SECONDS)
+            continue
+        current.clear()
+        try:
+            study_.optimize(objective, n_trials=1)
+        except Stopped:
+            break
+        except SweepError as error:
+            retry_later(study_, current, retry)
+            raise error
+    if retry_later(study_, current, retry):
+        print(f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the same "
+              "command carries on")
+    else:
+        print("stopped between trials")
+    return 0
+
+
+def retry_later(study_, current, retry):
+    """A trial stopped before its end goes back into the queue, same setting,
+    same folder (Optuna has marked it failed); True if there was one."""
+    trial = current.get("trial")
+    if trial is None or study_._storage.get_trial(trial._trial_id).state != TrialState.FAIL:
+        return False
+    retry(study_, study_._storage.get_trial(trial._trial_id))
+    return True
+
+
+# --- The report ---------------------------------------------------------------
+
+def report(args):
+    url = storage_url(args)
+    storage = open_storage(url, must_exist=True)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if args.study not in names:
+        raise SweepError(f"no study {args.study} in {hide_password(url)} (there: {', '.join(names) or 'none'})")
+    study_ = optuna.load_study(study_name=args.study, storage=storage)
+    all_trials = study_.get_trials()
+    retried_as = {}
+    for t in all_trials:
+        for number in t.system_attrs.get("retry_history", []):
+            retried_as[number] = t.number
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.WAITING: 3,
+             TrialState.FAIL: 4}
+    ranked = sorted(all_trials, key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf),
+                                               t.number))
+    attrs = study_.user_attrs
+    print(f"study {args.study}: {command_line(attrs)}; objective: mean episode reward over the last tenth "
+          "of the episodes, averaged over the seeds")
+    print(f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
+          f"{'objective':>9}  {'episodes':>8}  {'points won':>19}  {'games won':>13}  {'hours':>6}")
+    for t in ranked:
+        a = t.user_attrs
+        state = t.state.name.lower()
+        if t.state == TrialState.FAIL and t.number in retried_as:
+            state = f"failed, retried {retried_as[t.number]}"
+        params = t.params
+        points = (f"{a['points_won'] / a['points_played']:6.1%} ({a['points_won']}/{a['points_played']})"
+                  if a.get("points_played") else "-")
+        games = f"{a['games_won']}/{a['games']}" if "games" in a else "-"
+        hours = a.get("hours", trial_hours(t))
+        objective_text = f"{a['mean_reward']:+.3f}" if "mean_reward" in a else "-"
+        print(f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
+              f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  {state:<18}  "
+              f"{objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  {games:>13}  {hours:>6.2f}")
+    figure = draw_report(study_, all_trials, pathlib.Path(args.runs) / args.study)
+    print(f"figure: {figure}")
+    return 0
+
+
+def trial_hours(t):
+    if t.datetime_start is None:
+        return 0.0
+    end = t.datetime_complete or datetime.datetime.now()
+    return (end - t.datetime_start).total_seconds() / 3600
+
+
+def draw_report(study_, all_trials, folder):
+    """report.png: objective against learning rate (colour: decay rate,
+    marker: initialiser) and each trial's reported running means; beside it
+    Optuna's own plots, each in its own file, where the study has enough for them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    markers = dict(zip(INITIALISERS, "os^Dv<>ph*"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    scored = [t for t in all_trials if "mean_reward" in t.user_attrs and "learning_rate" in t.params]
+    colours = matplotlib.colormaps["viridis"]
+    norm = matplotlib.colors.Normalize(*DECAY_RATE)
+    for t in scored:
+        pruned = t.state == TrialState.PRUNED
+        left.scatter(t.params["learning_rate"], t.user_attrs["mean_reward"], s=60,
+                     marker=markers.get(t.params["init"], "x"), color=colours(norm(t.params["decay_rate"])),
+                     alpha=0.4 if pruned else 1.0, edgecolors="red" if pruned else "black")
+        left.annotate(str(t.number), (t.params["learning_rate"], t.user_attrs["mean_reward"]), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    left.set_xscale("log")
+    left.set_xlim(*LEARNING_RATE)
+    left.set_xlabel("learning rate")
+    left.set_ylabel("mean episode reward, last tenth (pruned: faint, red edge)")
+    left.set_title(f"study {study_.study_name}: objective by setting")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm, colours), ax=left, label="decay rate")
+    for name, marker in markers.items():
+        left.scatter([], [], marker=marker, color="grey", label=name)
+    left.legend(title="init", fontsize=8, loc="best")
+    left.grid(alpha=0.3)
+    for t in all_trials:
+        if t.intermediate_values:
+            steps = sorted(t.intermediate_values)
+            right.plot(steps, [t.intermediate_values[s] for s in steps], "--" if t.state == TrialState.PRUNED
+                       else "-", marker=".", label=f"{t.number} ({t.state.name.lower()})")
+    right.set_xlabel("episode")
+    right.set_ylabel("the seeds' mean running mean (reported to the pruner)")
+    right.set_title("trials as they trained (pruned: dashed)")
+    right.grid(alpha=0.3)
+    if any(t.intermediate_values for t in all_trials):
+        right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = folder / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    draw_optuna_plots(study_, folder, plt)
+    return path
+
+
+def draw_optuna_plots(study_, folder, plt):
+    from optuna.visualization import matplotlib as optuna_plots
+    complete = study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots = {"history": optuna_plots.plot_optimization_history, "slice": optuna_plots.plot_slice,
+             "timeline": optuna_plots.plot_timeline}
+    if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+        plots["importances"] = optuna_plots.plot_param_importances
+    for name, plot in plots.items():
+        if not complete and name != "timeline":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # matplotlib's notes on a study of one or two points
+            try:
+                axes = plot(study_)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # a study too small for this plot yet
+            figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
+            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+            figure.tight_layout()
+            figure.savefig(folder / f"report-{name}.png", dpi=100)
+        plt.close(figure)
+
+
+# --- Flags --------------------------------------------------------------------
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        fail(message)
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = Parser(
+        description=textwrap.fill(
+            "Search the tutorial's learning rate, RMSProp decay rate and initialiser with Optuna. Each trial "
+            f"trains one setting with seeds 1..S side by side. The objective: {OBJECTIVE}. Flags after -- go "
+            "to every run of tutorial_atari_pong.py (e.g. -- --batch-size 5).", 79),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
+               "  python sweep.py --trials 20 --episodes 3000 --storage postgresql://user:pw@host/db --study pong\n"
+               "  python sweep.py --report")
+    parser.add_argument("--trials", type=positive_int, default=trials,
+                        help="run until the study holds this many finished (complete or pruned) trials (default: %(default)s)")
+    parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes each run trains (default: %(default)s)")
+    parser.add_argument("--seeds", type=positive_int, default=seeds, help="runs per trial, seeds 1..S (default: %(default)s)")
+    parser.add_argument("--runs", default=runs, help="folder of the trials' runs (and of the default database) (default: %(default)s)")
+    parser.add_argument("--study", default=study, help="the study's name in the database (default: %(default)s)")
+    parser.add_argument("--storage", help="an Optuna database URL (default: sqlite:///RUNS/studies.db); the same "
+                                          "URL and --study on many machines share one study")
+    parser.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    parser.add_argument("--save-every", type=positive_int, default=save_every,
+                        help="episodes between the runs' checkpoints and the reports to the median pruner (default: %(default)s)")
+    parser.add_argument("--enqueue", action="append", default=[], metavar="SETTING",
+                        help="try this setting next, e.g. learning_rate=3e-4,decay_rate=0.95,init=he-normal "
+                             "(left out: the script's default)")
+    parser.add_argument("--grace-period", type=positive_int, default=grace_period,
+                        help="seconds without a sweep's heartbeat before its trial counts as dead and "
+                             "another sweep (or the next one) retries it (default: %(default)s)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the study's trials, best first, and draw RUNS/STUDY/report.png; train nothing")
+    args = parser.parse_args(argv)
+    if args.grace_period < 5:
+        parser.error("--grace-period: at least 5 seconds")
+    args.run_flags = run_flags
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return report(args) if args.report else sweep(args)
+    except SweepError as error:
+        fail(error, error.status)
+    except (optuna.exceptions.StorageInternalError, OSError) as error:
+        fail(" ".join(str(error).split())[:300], 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
