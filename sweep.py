@@ -163,8 +163,8 @@ def check_run_flags(flags):
     for flag in flags:
         name = flag.split("=", 1)[0]
         if name.startswith("--") and len(name) > 2 and any(taken.startswith(name) for taken in SET_BY_SWEEP):
-            raise SweepError(f"{flag} after --: the sweep sets {', '.join(SET_BY_SWEEP[:8])} for each run "
-                             "itself (and records nothing)")
+            raise SweepError(f"{flag} after --: the sweep sets it for each run itself (it sets "
+                             f"{', '.join(SET_BY_SWEEP[:8])}; the other flags it leaves out)")
 
 
 # --- Storage ----------------------------------------------------------------
