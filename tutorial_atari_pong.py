@@ -8,6 +8,7 @@ tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
 
     python tutorial_atari_pong.py                          # train until Ctrl-C
     python tutorial_atari_pong.py --resume                 # carry on where it stopped
+    python tutorial_atari_pong.py --restart                # start over (the old run goes at the first save)
     python tutorial_atari_pong.py --play 5                 # watch the score of the policy
     python tutorial_atari_pong.py --play 1 --record videos # ... or a video of its play
     python tutorial_atari_pong.py --plot                   # draw the learning curve
@@ -22,6 +23,7 @@ import glob
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +32,7 @@ import warnings
 # Defaults: edit them here, or override them with the flags of the same name.
 render = False  # show the game in a window (needs a display)
 resume = False  # continue from the checkpoint in model_dir
+init = "glorot-uniform"  # the weights' initialiser: one of INITIALISERS below (biases start at 0)
 image_size = 80  # frames are cropped and downsampled to image_size x image_size
 hidden = 200  # units in the hidden layer
 batch_size = 10  # episodes per parameter update
@@ -42,10 +45,7 @@ save_every = 100  # episodes between checkpoints (and progress lines)
 record_every = 100  # with --record, episodes between videos during training
 record_scale = 3  # with --record, each pixel becomes a record_scale x record_scale block
 seed = 1
-# Episodes played at once, each by its own worker process: one per core (worker
-# processes are forked, so where fork is missing, as on Windows, just one).
-cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-envs = min(cores, batch_size) if "fork" in multiprocessing.get_all_start_methods() else 1
+envs = None  # episodes played at once, one worker process each; None: one per core on Linux, else 1
 
 if __name__ == "__main__":  # Ctrl-C while starting up ends the program quietly: nothing to save yet
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
@@ -85,12 +85,21 @@ warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")  # v0's
 gym.register_envs(ale_py)
 
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
+MAX_EPISODE_STEPS = 10000  # gym's Pong-v0 cut episodes here (ale-py's registration has no limit)
 CHECKPOINT_FORMAT = 2  # 1: Keras RMSprop's mean square (and step count) under rmsprop/...
 UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, or made for other settings."""
+
+
+class NonFiniteError(Exception):
+    """A NaN or an infinity in a gradient or the weights: never applied, never saved."""
+
+
+class WorkerError(Exception):
+    """An episode worker process that failed or was killed."""
 
 
 def fail(message, status=2):
@@ -128,13 +137,24 @@ def diff_frame(current, previous):
 
 # --- Policy ----------------------------------------------------------------
 
-def build_policy(hidden_units, seed_value, input_size=image_size * image_size):
-    """The tutorial's network, Xavier/Glorot-uniform weights and zero biases."""
-    glorot = tf.keras.initializers.GlorotUniform
+# --init: the tutorial's Xavier/Glorot-uniform, and the usual others. The
+# truncated normal is TensorLayer's own default for Dense layers.
+INITIALISERS = {
+    "glorot-uniform": tf.keras.initializers.GlorotUniform,
+    "glorot-normal": tf.keras.initializers.GlorotNormal,
+    "he-uniform": tf.keras.initializers.HeUniform,
+    "he-normal": tf.keras.initializers.HeNormal,
+    "truncated-normal": lambda seed: tf.keras.initializers.TruncatedNormal(stddev=0.05, seed=seed),
+}
+
+
+def build_policy(hidden_units, seed_value, init_name=init, input_size=image_size * image_size):
+    """The tutorial's network: weights from the named initialiser, zero biases."""
+    weights = INITIALISERS[init_name]
     inputs = tl.layers.Input([None, input_size], name="input")
-    x = tl.layers.Dense(hidden_units, act=tf.nn.relu, W_init=glorot(seed=seed_value),
+    x = tl.layers.Dense(hidden_units, act=tf.nn.relu, W_init=weights(seed=seed_value),
                         b_init=tl.initializers.zeros(), name="hidden")(inputs)
-    outputs = tl.layers.Dense(len(ACTIONS), W_init=glorot(seed=seed_value + 1),
+    outputs = tl.layers.Dense(len(ACTIONS), W_init=weights(seed=seed_value + 1),
                               b_init=tl.initializers.zeros(), name="output")(x)
     return tl.models.Model(inputs=inputs, outputs=outputs, name="policy")
 
@@ -193,6 +213,21 @@ def standardise(returns):
     returns = returns - returns.mean()
     std = returns.std()
     return returns / std if std > 0 else returns
+
+
+def batch_returns(episodes, gamma_value):
+    """Each step's discounted return, standardised over the batch. An episode
+    cut at MAX_EPISODE_STEPS ends in a point never decided: its steps get 0,
+    no credit either way, and are left out of the mean and deviation."""
+    returns = np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes])
+    decided = np.concatenate([np.arange(e.steps) <= np.flatnonzero(e.rewards).max(initial=-1) for e in episodes])
+    standardised = np.zeros_like(returns)
+    standardised[decided] = standardise(returns[decided])
+    return standardised
+
+
+def finite(tensors):
+    return all(np.isfinite(t.numpy()).all() for t in tensors)
 
 
 def sparse_product(frames, weights):
@@ -272,7 +307,7 @@ def concatenate(episodes):
 def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_steps=UPDATE_CHUNK_STEPS):
     """One RMSProp step on the batch. The loss is a sum over steps, so the
     gradient is accumulated chunk by chunk: exact, in bounded memory."""
-    returns = standardise(np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes]))
+    returns = batch_returns(episodes, gamma_value)
     batch = concatenate(episodes)
     row_ends = np.cumsum(batch.nnz, dtype=np.int64)
     total = [tf.zeros_like(w) for w in model.trainable_weights]
@@ -284,7 +319,11 @@ def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_st
         grads = gradient_fn(indices, batch.signs[lo:hi].astype(np.float32), np.int64(stop - start),
                             batch.labels[start:stop].astype(np.int32), returns[start:stop].astype(np.float32))
         total = [t + g for t, g in zip(total, grads)]
+    if not finite(total):
+        raise NonFiniteError("the batch's gradient is not finite (NaN or infinity) and was not applied")
     optimizer.apply_gradients(zip(total, model.trainable_weights))
+    if not finite(model.trainable_weights):
+        raise NonFiniteError("the update made the weights non-finite (NaN or infinity)")
     return batch.steps
 
 
@@ -311,11 +350,18 @@ def mean_squares(optimizer, model):
 
 # --- Checkpoints -----------------------------------------------------------
 
-def save_checkpoint(path, model, optimizer, episode, running_mean, pending):
-    """Write weights, RMSProp state, counters and the unfinished batch to
-    path atomically: a temporary file, then os.replace."""
+SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept in a checkpoint as config/NAME
+
+
+def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
+    """Write weights, RMSProp state, counters, the settings it was trained
+    with and the unfinished batch to path atomically: a temporary file, then
+    os.replace. Non-finite weights are refused: the last good file stays."""
+    if not finite(model.trainable_weights):
+        raise NonFiniteError("the weights are not finite (NaN or infinity) and were not saved")
     arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
     arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
+    arrays.update({f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()})
     hidden_w = model.get_layer("hidden").W
     arrays.update({
         "state/format": np.int64(CHECKPOINT_FORMAT),
@@ -373,6 +419,8 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
             found = arrays["config/hidden"] if "config/hidden" in arrays else "?"
             raise CheckpointError(f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
                                   f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})")
+        if not np.isfinite(arrays[name]).all() and name != "state/running_mean":
+            raise CheckpointError(f"{path} holds non-finite values (NaN or infinity) in {name}: it cannot be used")
     return arrays
 
 
@@ -467,8 +515,9 @@ class Video:
 
 
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
-    """Play one episode with the policy; return it as an Episode, or None if
-    told to stop part-way. say() gets one line per point."""
+    """Play one episode with the policy, until a side has 21 points or for
+    MAX_EPISODE_STEPS steps; return it as an Episode, or None if told to stop
+    part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
     previous, game, started = None, 0, time.perf_counter()
@@ -498,7 +547,7 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
                 say(f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
                     + ("  !!!!!!!!" if reward > 0 else ""))
                 game, point_started = game + 1, now
-            if terminated or truncated:
+            if terminated or truncated or len(labels) == MAX_EPISODE_STEPS:
                 if video is not None:
                     video.add(env.ale.getScreenRGB())
                 break
@@ -559,6 +608,9 @@ def worker_main(connection, trainer_ends, entropy, recording):
                     connection.send(("episode", episode))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the trainer has gone: nothing left to do
+    except Exception as error:  # the trainer says it in one line
+        with contextlib.suppress(OSError):
+            connection.send(("error", f"{type(error).__name__}: {error}"))
 
 
 class WorkerPool:
@@ -602,7 +654,9 @@ class WorkerPool:
                     try:
                         kind, payload = connection.recv()
                     except EOFError:
-                        raise RuntimeError("an episode worker process died (its error is printed above)") from None
+                        raise WorkerError("an episode worker process died (killed from outside?)") from None
+                    if kind == "error":
+                        raise WorkerError(f"an episode worker process failed: {payload}")
                     if kind == "line":
                         owner = self.playing[connection]
                         if owner == number:
@@ -656,21 +710,24 @@ class StopFlag:
 def read_progress(path):
     """progress.csv's whole, well-formed rows; one line says how many others
     were skipped (a hard kill may leave a torn last row, without its line end)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="replace") as f:  # bytes that are not UTF-8 make their row malformed
         lines = f.read().splitlines(keepends=True)
-    rows = [row for row in csv.DictReader(line for line in lines if line.endswith("\n")) if well_formed(row)]
+    rows = [row for row in map(progress_row, lines[1:]) if row is not None]
     if len(lines) - 1 > len(rows):
         print(f"{path}: skipped {len(lines) - 1 - len(rows)} torn or malformed rows")
     return rows
 
 
-def well_formed(row):
-    """Every field there: an episode number, finite numbers, a wall time."""
+def progress_row(line):
+    """A line of progress.csv as a row, or None unless it is whole and every
+    field is there: an episode number, finite numbers, a wall time."""
     try:
-        return (None not in row and int(row["episode"]) >= 0 and bool(row["wall_time"])
-                and all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1]))
-    except (KeyError, TypeError, ValueError):
-        return False
+        row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
+        datetime.datetime.fromisoformat(row["wall_time"])
+        numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
+        return row if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite else None
+    except (csv.Error, StopIteration, ValueError):
+        return None
 
 
 class ProgressLog:
@@ -756,54 +813,125 @@ def lock_folder(directory):
     return lock
 
 
-def saved_state(path, hidden_units):
+def saved_state(path, hidden_units, naming_it=False):
     """For an error while training: the checkpoint that is still intact, if any."""
     try:
-        return f"the checkpoint of episode {int(read_checkpoint(path, hidden_units)['state/episode'])} is intact"
+        episode = int(read_checkpoint(path, hidden_units)["state/episode"])
+        return f"the checkpoint {path + ' ' if naming_it else ''}of episode {episode} is intact"
     except CheckpointError as error:
         return str(error)
 
 
+RESTART = ".restart"  # a --restart's new run lives in this subfolder until its first save
+
+
+def finish_restart(directory, checkpoint_name):
+    """Complete a --restart whose first save was under way (it had marked its
+    folder 'saved'), or drop one that never saved: the old run stays whole."""
+    staging = os.path.join(directory, RESTART)
+    if not os.path.isdir(staging):
+        return
+    if os.path.exists(os.path.join(staging, "saved")):  # each move is redone until all are done
+        for name in (checkpoint_name, "progress.csv"):
+            if os.path.exists(os.path.join(staging, name)):
+                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        if os.path.isdir(os.path.join(staging, "tensorboard")):
+            shutil.rmtree(os.path.join(directory, "tensorboard"), ignore_errors=True)
+            os.rename(os.path.join(staging, "tensorboard"), os.path.join(directory, "tensorboard"))
+    shutil.rmtree(staging)
+
+
+def earlier_run(path, directory):
+    """What the folder holds of an earlier run ('' if nothing): a fresh start never destroys it unasked."""
+    log = os.path.join(directory, "progress.csv")
+    episodes = len(read_progress(log)) if os.path.exists(log) else 0
+    return " and ".join(([f"the checkpoint {path}"] if os.path.exists(path) else [])
+                        + ([f"{episodes} episodes in {log}"] if episodes else []))
+
+
+def settings_changed(arrays, args):
+    """'--flag was -> now' for each setting the checkpoint was trained with that this run changes."""
+    return [f"--{name.replace('_', '-')} {arrays['config/' + name].item()} -> {getattr(args, name)}"
+            for name in SETTINGS if "config/" + name in arrays and arrays["config/" + name].item() != getattr(args, name)]
+
+
+def apply_update(model, optimizer, gradient_fn, batch, gamma_value):
+    started = time.perf_counter()
+    steps = update_policy(model, optimizer, gradient_fn, batch, gamma_value)
+    print(f"batch over ({len(batch)} episodes, {steps} steps)...... updated parameters "
+          f"in {time.perf_counter() - started:.2f}s")
+
+
 def train(args):
+    stop = StopFlag()  # from here on Ctrl-C only asks to stop: nothing is half-done by it
     path = checkpoint_path(args)
-    directory = os.path.dirname(os.path.abspath(path))
-    arrays = None
-    if args.resume:
-        try:
-            arrays = read_checkpoint(path, args.hidden)
-        except CheckpointError as error:
-            fail(error)
+    directory = os.path.dirname(path) or "."
+    if args.resume and not os.path.exists(path) and not os.path.isdir(os.path.join(directory, RESTART)):
+        fail(f"no checkpoint at {path}")  # before any folder is made for it
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
     lock = lock_folder(directory)  # held until train() returns or the process dies
     for stale in glob.glob(glob.escape(path) + ".*.tmp") + glob.glob(glob.escape(directory) + "/progress.csv.*.tmp"):
         os.remove(stale)  # half-written by a killed run: with the lock held, no one else writes here
-    if args.envs > args.batch_size:
-        print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
-        args.envs = args.batch_size
+    finish_restart(directory, os.path.basename(path))
+    arrays, staging = None, None
+    if args.resume:
+        try:
+            arrays = read_checkpoint(path, args.hidden)
+        except CheckpointError as error:
+            fail(error)
+        pending, trained_batch = len(arrays.get("pending/steps", [])), arrays.get("config/batch_size")
+        if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
+            fail(f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
+                 f"resume with --batch-size {int(trained_batch)}, or change it at a batch end")
+    elif found := earlier_run(path, directory):
+        if not args.restart:
+            fail(f"{directory} holds a run ({found}): --resume continues it, "
+                 "--restart starts over and replaces it when the new run first saves")
+        staging = os.path.join(directory, RESTART)
+        os.makedirs(staging)
+        print(f"starting over: the run in {directory} is replaced when this one first saves "
+              "(until then, stopping leaves it as it was)")
     first_episode = 0 if arrays is None else int(arrays["state/episode"])
+    episode, log = first_episode, None
     player = make_player(args, first_episode, args.record_every)  # before TensorFlow starts its threads
-    stop = StopFlag()
-    model = build_policy(args.hidden, args.seed)
-    optimizer = make_optimizer(model, args.learning_rate, args.decay_rate)
-    episode, running_mean, batch = 0, None, []
-    if arrays is not None:
-        episode, running_mean, batch = restore(arrays, model, optimizer)
-        if int(arrays["state/format"]) == 1:
-            print(f"{path} was trained with Keras' RMSprop (checkpoint format 1): its mean square "
-                  "carries on as the tutorial's RMSProp's, and the next save writes format 2")
-        print(f"resumed from {path} at episode {episode}, running mean "
-              + ("none yet" if running_mean is None else f"{running_mean:f}"))
-    elif os.path.exists(path):
-        print(f"starting afresh: {path} will be replaced at the first save (--resume continues it instead)")
-    model.eval()
-    print_policy(model)
-    gradient_fn = make_gradient_fn(model)
-    log = ProgressLog(directory, episode)
-    last_episode = None if args.episodes is None else episode + args.episodes
-    started, steps_played = time.perf_counter(), 0
     try:
+        model = build_policy(args.hidden, args.seed, args.init)
+        optimizer = make_optimizer(model, args.learning_rate, args.decay_rate)
+        running_mean, batch = None, []
+        if arrays is not None:
+            episode, running_mean, batch = restore(arrays, model, optimizer)
+            if int(arrays["state/format"]) == 1:
+                print(f"{path} was trained with Keras' RMSprop (checkpoint format 1): its mean square "
+                      "carries on as the tutorial's RMSProp's, and the next save writes format 2")
+            print(f"resumed from {path} at episode {episode}, running mean "
+                  + ("none yet" if running_mean is None else f"{running_mean:f}"))
+            if changes := settings_changed(arrays, args):
+                print("settings changed since the checkpoint: " + ", ".join(changes))
+        model.eval()
+        print_policy(model)
+        gradient_fn = make_gradient_fn(model)
+        log = ProgressLog(staging or directory, episode)
+        settings = {name: getattr(args, name) for name in SETTINGS}
+
+        def save():
+            nonlocal log, staging
+            log.flush()  # first: the log may run ahead of the checkpoint, never behind it
+            if staging is None:
+                return save_checkpoint(path, model, optimizer, episode, running_mean, batch, settings)
+            log.close()  # a restart's first save: its files replace the old run's
+            save_checkpoint(os.path.join(staging, os.path.basename(path)), model, optimizer, episode,
+                            running_mean, batch, settings)
+            open(os.path.join(staging, "saved"), "w").close()
+            finish_restart(directory, os.path.basename(path))
+            log, staging = ProgressLog(directory, episode), None
+
+        if batch and episode % args.batch_size == 0:  # a whole batch that an older version left pending
+            apply_update(model, optimizer, gradient_fn, batch, args.gamma)
+            batch = []
+        last_episode = None if args.episodes is None else episode + args.episodes
+        started, steps_played = time.perf_counter(), 0
         while not stop() and (last_episode is None or episode < last_episode):
             batch_end = (episode // args.batch_size + 1) * args.batch_size
             numbers = range(episode, batch_end if last_episode is None else min(batch_end, last_episode))
@@ -814,24 +942,30 @@ def train(args):
                 batch.append(done)
                 steps_played += done.steps
                 episode += 1
-            if episode % args.batch_size == 0 and batch and not stop():
-                update_started = time.perf_counter()
-                steps = update_policy(model, optimizer, gradient_fn, batch, args.gamma)
-                print(f"batch over ({len(batch)} episodes, {steps} steps)...... updated parameters "
-                      f"in {time.perf_counter() - update_started:.2f}s")
+            if episode % args.batch_size == 0 and batch:  # even when told to stop: a batch is never carried over whole
+                apply_update(model, optimizer, gradient_fn, batch, args.gamma)
                 batch = []
             if episode // args.save_every > (episode - len(numbers)) // args.save_every and not stop():
-                log.flush()  # first: the log may run ahead of the checkpoint, never behind it
-                save_checkpoint(path, model, optimizer, episode, running_mean, batch)
+                save()
                 elapsed = time.perf_counter() - started
                 print(f"episode {episode}: {(episode - first_episode) / elapsed * 3600:.0f} episodes/hour, "
                       f"{steps_played / elapsed:.0f} agent steps/s, elapsed {datetime.timedelta(seconds=round(elapsed))}, "
                       f"running mean {running_mean:f}; saved {path}")
+        if episode > first_episode:  # a stop before the first episode writes nothing over anything
+            save()
+            print(f"saved checkpoint to {path} (episode {episode})")
+    except NonFiniteError as error:
+        fail(f"training stopped at episode {episode}, nothing saved: {error}; "
+             + saved_state(path, args.hidden, naming_it=True), status=1)
+    except WorkerError as error:  # the episodes played so far are whole: keep them
+        save()
+        fail(f"training stopped at episode {episode}: {error}; saved {path}", status=1)
     finally:
         player.close()
-        log.close()
-    save_checkpoint(path, model, optimizer, episode, running_mean, batch)
-    print(f"saved checkpoint to {path} (episode {episode})")
+        if log is not None:
+            log.close()
+        if staging is not None:  # a restart that never saved: the old run stays as it was
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- Watching --------------------------------------------------------------
@@ -854,13 +988,12 @@ def play(args):
         arrays = read_checkpoint(path, args.hidden)
     except CheckpointError as error:
         fail(error)
-    player = make_player(args, 0, 1)
     stop = StopFlag()
-    model = build_policy(args.hidden, args.seed)
-    restore(arrays, model, None)
+    weights = [arrays[name] for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases")]
     results = []
+    player = make_player(args, 0, 1)
     try:
-        for episode in player.play(policy_arrays(model), range(args.play), lambda line: None, stop):
+        for episode in player.play(weights, range(args.play), lambda line: None, stop):
             results.append(episode)
             won, lost = episode.points_won, episode.points_lost
             print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
@@ -1000,15 +1133,19 @@ def parse_args(argv=None):
     flag("--render", action="store_true", default=render,
          help="show the game in a window (needs a display; implies --envs 1)")
     flag("--resume", action="store_true", default=resume, help="continue training from the checkpoint")
+    flag("--restart", action="store_true",
+         help="start afresh in a folder that holds a run: it is replaced when the new run first saves")
     flag("--episodes", type=positive_int, help="play this many more episodes, save and exit (default: until Ctrl-C)")
     flag("--batch-size", type=positive_int, default=batch_size, help="episodes per RMSProp update")
     flag("--learning-rate", type=positive_float, default=learning_rate, help="RMSProp learning rate")
     flag("--gamma", type=discount, default=gamma, help="reward discount factor")
     flag("--decay-rate", type=decay, default=decay_rate, help="RMSProp decay of the mean square")
     flag("--hidden", type=positive_int, default=hidden, help="units in the hidden layer")
+    flag("--init", choices=INITIALISERS, default=init, help="the weights' initialiser (biases start at 0)")
     flag("--seed", type=non_negative_int, default=seed, help="seeds the weights, the emulator and the action sampling")
     flag("--envs", type=positive_int, default=envs,
-         help="episodes played at once, one process each (1: the plain loop in this process)")
+         help="episodes played at once, one process each (1: the plain loop in this process; "
+              "default: one per core on Linux, else 1)")
     flag("--model-dir", default=model_dir, help="where the checkpoint, progress.csv and TensorBoard logs go")
     flag("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
     flag("--save-every", type=positive_int, default=save_every, help="episodes between checkpoints and progress lines")
@@ -1028,6 +1165,19 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.play and args.plot is not None:
         parser.error("--play and --plot are separate commands")
+    if args.resume and args.restart:
+        parser.error("--resume and --restart are opposites: choose one")
+    episodes_at_once = args.play or args.batch_size
+    if args.envs is None:  # workers are forked: tested on Linux; macOS's libraries are unsafe to fork
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        args.envs = min(cores, episodes_at_once) if sys.platform.startswith("linux") else 1
+    elif args.envs > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        parser.error(f"--envs {args.envs} needs worker processes started by fork, which this platform lacks; "
+                     "use --envs 1")
+    elif args.envs > episodes_at_once:
+        if not args.play:
+            print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
+        args.envs = episodes_at_once
     return args
 
 
@@ -1048,6 +1198,8 @@ def main(argv=None):
             play(args)
         else:
             train(args)
+    except WorkerError as error:
+        fail(error, status=1)
     except OSError as error:  # the disk, not the program: one line, and what is still safe
         message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
         if not (args.play or args.plot):

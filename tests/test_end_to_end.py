@@ -351,37 +351,34 @@ def test_bad_input_exits_2_with_one_line(pong, tmp_path, case):
         assert str(model_dir / "progress.csv") in result.stderr
 
 
-def test_negative_seed_is_refused_or_used_but_never_a_traceback(tmp_path):
-    """--seed takes any int; -1 must either be refused like other bad input or
-    seed a normal run."""
+def test_a_negative_seed_is_refused_with_one_line(tmp_path):
+    """numpy's seeds are >= 0: --seed -1 is bad input, refused before anything is made."""
     model_dir = tmp_path / "m"
     result = run_script(["--seed", -1, "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
                         tmp_path)
-    assert "Traceback" not in result.stderr, result.describe()
-    if result.returncode == 2:
-        assert_one_line_error(result)
-    else:
-        assert result.returncode == 0, result.describe()
-        assert int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"]) == 1
+    assert_one_line_error(result)
+    assert "argument --seed: must be >= 0, got -1" in result.stderr
+    assert not model_dir.exists()
 
 
 def test_help_lists_every_flag(tmp_path):
     result = run_script(["--help"], tmp_path)
     assert result.returncode == 0, result.describe()
     for flag in ("--render", "--resume", "--episodes", "--batch-size", "--learning-rate", "--gamma", "--decay-rate",
-                 "--hidden", "--seed", "--model-dir", "--save-every", "--envs", "--play", "--record",
+                 "--hidden", "--init", "--seed", "--model-dir", "--save-every", "--envs", "--play", "--record", "--restart",
                  "--record-every", "--record-scale", "--record-gif", "--plot", "--model"):
         assert re.search(rf"^\s+{flag}\b", result.stdout, re.M), flag
     assert result.stderr == ""
 
 
-def test_a_fresh_run_over_an_old_one_says_so_and_restarts_its_logs(train_run, tmp_path):
+def test_a_restart_over_an_old_run_says_so_and_restarts_its_logs(train_run, tmp_path):
     model_dir = tmp_path / "m"
     shutil.copytree(train_run.model_dir, model_dir)
-    result = run_script(["--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir], tmp_path)
+    result = run_script(["--restart", "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
+                        tmp_path)
     assert result.returncode == 0, result.describe()
-    assert f"starting afresh: {model_dir / 'model_pong.npz'} will be replaced at the first save " \
-           "(--resume continues it instead)" in result.lines
+    assert f"starting over: the run in {model_dir} is replaced when this one first saves " \
+           "(until then, stopping leaves it as it was)" in result.lines
     assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
     assert len(list((model_dir / "tensorboard").glob("events.out.tfevents*"))) == 1
     assert int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"]) == 1

@@ -253,16 +253,22 @@ def make_batch(pong, seed=0):
 
 
 def hand_returns(episodes, gamma):
-    """Discounted per episode (resetting at points), standardised over the batch."""
-    all_returns = []
+    """Discounted per episode (resetting at points), standardised over the
+    batch's decided steps; the steps after an episode's last point, which a
+    cut episode leaves undecided, get 0."""
+    all_returns, decided = [], []
     for episode in episodes:
         running, returns = 0.0, []
         for reward in episode.rewards[::-1]:
             running = float(reward) if reward != 0 else running * gamma
             returns.append(running)
         all_returns.extend(returns[::-1])
-    returns = np.array(all_returns)
-    return ((returns - returns.mean()) / returns.std()).astype(np.float32)
+        last_point = max(np.flatnonzero(episode.rewards), default=-1)
+        decided.extend(step <= last_point for step in range(episode.steps))
+    returns, decided = np.array(all_returns), np.array(decided)
+    standardised = np.zeros_like(returns)
+    standardised[decided] = (returns[decided] - returns[decided].mean()) / returns[decided].std()
+    return standardised.astype(np.float32)
 
 
 def dense_gradients(model, episodes, gamma):

@@ -1,0 +1,411 @@
+"""Nothing lost by a slip of the hand: a fresh start over a run, Ctrl-C during
+start-up, a damaged log, a stop at a batch end, changed settings, a numeric
+blow-up, episodes cut where the tutorial's Pong-v0 cut them, and the flags
+whose defaults are resolved after parsing."""
+import hashlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorlayer as tl
+
+from helpers import (CHECKPOINT_NAME, EPISODE_RE, SAVED_RE, SCRIPT, LiveRun, assert_one_line_error,
+                     descendants, left_after, load_checkpoint, new_policy, parse_train_log, read_progress,
+                     run_script, script_env)
+
+TINY = ["--batch-size", 1, "--envs", 1, "--hidden", 8]
+
+# Runs the script's main() in a fresh interpreter after a patch of the module:
+# argv is [script, patch code, flags...]; the patch sees the module as `pong`.
+PATCHED_MAIN = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("tutorial_atari_pong", sys.argv[1])
+pong = sys.modules["tutorial_atari_pong"] = importlib.util.module_from_spec(spec)  # workers pickle its classes
+spec.loader.exec_module(pong)
+exec(sys.argv[2])
+pong.main(sys.argv[3:])
+"""
+
+
+def run_patched(patch, args, cwd, timeout=240):
+    """The script with `patch` applied first. The timeout fails a test that hangs."""
+    args = [str(a) for a in args]
+    done = subprocess.run([sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *args], cwd=cwd,
+                          env=script_env(), capture_output=True, text=True, timeout=timeout)
+    return done
+
+
+def fingerprint(model_dir):
+    """Every file of a run folder but its lock, by path, with its sha256."""
+    return {str(path.relative_to(model_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(model_dir.rglob("*")) if path.is_file() and path.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory):
+    """A finished 2-episode run: the work a slip of the hand must not destroy."""
+    cwd = tmp_path_factory.mktemp("old")
+    result = run_script(["--episodes", 2, *TINY, "--model-dir", cwd / "m"], cwd)
+    assert result.returncode == 0, result.describe()
+    return cwd / "m"
+
+
+def copy_of(run_dir, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(run_dir, model_dir)
+    return model_dir
+
+
+# --- (1) a fresh start never wipes a run -------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_fresh_start_over_a_run_is_refused_naming_both_ways_on(old_run, tmp_path):
+    model_dir = copy_of(old_run, tmp_path)
+    before = fingerprint(model_dir)
+    result = run_script(["--episodes", 1, *TINY, "--model-dir", model_dir], tmp_path)
+    assert_one_line_error(result)
+    assert "--resume continues it" in result.stderr and "--restart starts over" in result.stderr, result.stderr
+    assert f"the checkpoint {model_dir / CHECKPOINT_NAME}" in result.stderr
+    assert "2 episodes in" in result.stderr
+    assert fingerprint(model_dir) == before, "the refused start changed the old run"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_a_restart_starts_up_leaves_the_old_run_exactly_as_it_was(old_run, tmp_path):
+    model_dir = copy_of(old_run, tmp_path)
+    before = fingerprint(model_dir)
+    run = LiveRun(["--restart", "--episodes", 3, *TINY, "--model-dir", model_dir], tmp_path)
+    try:
+        run.wait_for(re.compile(r"^starting over: "))
+        run.process.send_signal(signal.SIGINT)
+        returncode, stderr = run.finish()
+    finally:
+        run.kill()
+    assert returncode == 0 and "Traceback" not in stderr, stderr
+    assert not any(SAVED_RE.match(line) for line in run.seen), "nothing was played, so nothing may be saved"
+    assert fingerprint(model_dir) == before
+    assert not (model_dir / ".restart").exists()
+
+
+@pytest.mark.e2e
+def test_a_restart_replaces_the_old_run_at_its_first_save(old_run, tmp_path):
+    model_dir = copy_of(old_run, tmp_path)
+    old_events = {p.name for p in (model_dir / "tensorboard").iterdir()}
+    result = run_script(["--restart", "--episodes", 1, *TINY, "--seed", 3, "--model-dir", model_dir], tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
+    assert int(load_checkpoint(model_dir / CHECKPOINT_NAME)["state/episode"]) == 1
+    events = {p.name for p in (model_dir / "tensorboard").iterdir()}
+    assert events and not events & old_events, "the old run's curves go with it"
+    assert not (model_dir / ".restart").exists()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_before_the_first_episode_writes_no_checkpoint(tmp_path):
+    model_dir = tmp_path / "m"
+    run = LiveRun(["--episodes", 3, *TINY, "--model-dir", model_dir], tmp_path)
+    try:
+        run.wait_for(re.compile(r"^  num of params: "))  # set up, the first episode not finished
+        run.process.send_signal(signal.SIGINT)
+        returncode, stderr = run.finish()
+    finally:
+        run.kill()
+    assert returncode == 0 and "Traceback" not in stderr, stderr
+    assert not any(EPISODE_RE.match(line) for line in run.seen)
+    assert not (model_dir / CHECKPOINT_NAME).exists()
+
+
+def test_finish_restart_completes_a_saved_restart_and_drops_an_unsaved_one(pong, tmp_path):
+    """A hard kill during a restart's first save leaves its folder marked
+    'saved': the next start finishes the moves. Unmarked, it is dropped."""
+    def folder(name, marked):
+        run = tmp_path / name
+        (run / ".restart" / "tensorboard").mkdir(parents=True)
+        (run / "tensorboard").mkdir()
+        (run / CHECKPOINT_NAME).write_text("old checkpoint")
+        (run / "progress.csv").write_text("old log")
+        (run / "tensorboard" / "events.out.tfevents.old").write_text("old curve")
+        (run / ".restart" / CHECKPOINT_NAME).write_text("new checkpoint")
+        (run / ".restart" / "tensorboard" / "events.out.tfevents.new").write_text("new curve")
+        if marked:  # killed after the checkpoint moved, before the log did
+            (run / CHECKPOINT_NAME).write_text("new checkpoint")
+            (run / ".restart" / CHECKPOINT_NAME).unlink()
+            (run / ".restart" / "saved").write_text("")
+        (run / ".restart" / "progress.csv").write_text("new log")
+        return run
+
+    saved = folder("saved", marked=True)
+    pong.finish_restart(str(saved), CHECKPOINT_NAME)
+    assert (saved / CHECKPOINT_NAME).read_text() == "new checkpoint"
+    assert (saved / "progress.csv").read_text() == "new log"
+    assert [p.name for p in (saved / "tensorboard").iterdir()] == ["events.out.tfevents.new"]
+    assert not (saved / ".restart").exists()
+
+    unsaved = folder("unsaved", marked=False)
+    pong.finish_restart(str(unsaved), CHECKPOINT_NAME)
+    assert (unsaved / CHECKPOINT_NAME).read_text() == "old checkpoint"
+    assert (unsaved / "progress.csv").read_text() == "old log"
+    assert [p.name for p in (unsaved / "tensorboard").iterdir()] == ["events.out.tfevents.old"]
+    assert not (unsaved / ".restart").exists()
+
+
+# --- (2) no hang, no traceback after the workers are forked ------------------------------
+
+@pytest.mark.e2e
+def test_a_damaged_progress_csv_is_skipped_with_one_line_and_training_goes_on(old_run, tmp_path):
+    model_dir = copy_of(old_run, tmp_path)
+    with open(model_dir / "progress.csv", "ab") as f:
+        f.write(b"\xff\xfe")
+    result = run_script(["--resume", "--episodes", 1, "--batch-size", 2, "--envs", 2, "--hidden", 8,
+                         "--model-dir", model_dir], tmp_path, timeout=120)
+    assert result.returncode == 0, result.describe()
+    assert "Traceback" not in result.stderr
+    assert f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in result.lines
+    assert [row["episode"] for row in read_progress(model_dir)] == ["0", "1", "2"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["train", "play"])
+def test_an_error_after_the_workers_are_forked_ends_the_program_and_its_workers(old_run, tmp_path, command):
+    """Any exception after the workers are forked (here: building the policy,
+    or reading a played episode, fails) must close them: no hang at exit, no
+    process left."""
+    model_dir = copy_of(old_run, tmp_path)
+    patch = ("def broken(*a, **k): raise RuntimeError('boom')\n"
+             "pong.build_policy = broken\n"
+             "pong.Episode.points_won = property(broken)")
+    flags = (["--resume", "--episodes", 2, "--batch-size", 2] if command == "train" else ["--play", 2]) + [
+        "--envs", 2, "--hidden", 8, "--model-dir", model_dir]
+    process = subprocess.Popen([sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *map(str, flags)],
+                               cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        started = descendants(process.pid)
+        process.kill()
+        left_after(started, seconds=0)
+        pytest.fail("the program hung after the error")
+    assert process.returncode != 0
+    assert "RuntimeError: boom" in stderr
+    assert left_after(descendants(process.pid), seconds=5) == []
+
+
+# --- (3) a stop at a batch end -----------------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_stop_after_a_batch_s_last_episode_still_updates_before_saving(tmp_path):
+    """SIGTERM lands after the batch's last episode finished, before its
+    update: the update is applied, and the checkpoint keeps no full batch."""
+    model_dir = tmp_path / "m"
+    patch = ("import os, signal\n"
+             "add = pong.ProgressLog.add\n"
+             "def add_then_stop(self, episode, running_mean):\n"
+             "    add(self, episode, running_mean)\n"
+             "    if episode.number == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
+             "pong.ProgressLog.add = add_then_stop")
+    done = run_patched(patch, ["--batch-size", 2, "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    assert done.returncode == 0, done.stderr
+    log = parse_train_log(done.stdout.splitlines())
+    steps = [int(row["steps"]) for row in read_progress(model_dir)]
+    assert log.batches == [(2, sum(steps))]
+    arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
+    assert int(arrays["state/episode"]) == 2 and len(arrays["pending/steps"]) == 0
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_holding_a_whole_batch_is_updated_first_on_resume(tmp_path):
+    """Older versions could save a whole batch unapplied: the resumed run
+    applies it first, so no update ever covers two batches."""
+    model_dir = tmp_path / "m"
+    first = run_script(["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
+                       tmp_path)
+    assert first.returncode == 0, first.describe()
+    arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
+    arrays["config/batch_size"] = np.asarray(2)  # as if stopped at the end of a batch of 2
+    np.savez(model_dir / CHECKPOINT_NAME, **arrays)
+    steps = [int(row["steps"]) for row in read_progress(model_dir)]
+    resumed = run_script(["--resume", "--episodes", 1, "--batch-size", 2, "--envs", 1, "--hidden", 8,
+                          "--model-dir", model_dir], tmp_path)
+    assert resumed.returncode == 0, resumed.describe()
+    assert parse_train_log(resumed.lines).batches == [(2, sum(steps))]
+    assert len(load_checkpoint(model_dir / CHECKPOINT_NAME)["pending/steps"]) == 1
+
+
+# --- (4) episodes cut at the tutorial's 10,000 steps ---------------------------------------
+
+def test_episodes_are_cut_at_pong_v0_s_10000_steps(pong):
+    assert pong.MAX_EPISODE_STEPS == 10000
+
+
+@pytest.mark.e2e
+def test_a_cut_episode_ends_at_the_step_limit_and_its_undecided_steps_get_no_credit(tmp_path):
+    model_dir = tmp_path / "m"
+    done = run_patched("pong.MAX_EPISODE_STEPS = 150",
+                       ["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
+                       tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = read_progress(model_dir)
+    assert [int(row["steps"]) for row in rows] == [150, 150]
+    assert all(int(row["points_won"]) < 21 and int(row["points_lost"]) < 21 for row in rows)
+
+
+def test_batch_returns_give_undecided_steps_0_and_leave_whole_episodes_as_the_tutorial_does(pong):
+    def episode(rewards):
+        rewards = np.array(rewards, np.int8)
+        n = len(rewards)
+        return pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
+                            np.zeros(n, np.int8), rewards)
+    whole = [episode([0, 0, 1, 0, -1]), episode([0, -1])]
+    plain = pong.standardise(np.concatenate([pong.discounted_returns(e.rewards, 0.99) for e in whole]))
+    np.testing.assert_array_equal(pong.batch_returns(whole, 0.99), plain)
+
+    cut = [episode([0, 0, 1, 0, -1]), episode([0, -1, 0, 0])]  # the second ends in an undecided point
+    returns = pong.batch_returns(cut, 0.99)
+    np.testing.assert_array_equal(returns[-2:], [0, 0])
+    np.testing.assert_allclose(returns[:-2], pong.standardise(
+        np.concatenate([pong.discounted_returns(e.rewards, 0.99)[:length] for e, length in zip(cut, (5, 2))])))
+
+
+# --- (5) settings kept in the checkpoint ---------------------------------------------------
+
+@pytest.mark.e2e
+def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_path):
+    model_dir = tmp_path / "m"
+    first = run_script(["--episodes", 1, "--batch-size", 3, "--learning-rate", 0.002, "--decay-rate", 0.9,
+                        "--gamma", 0.95, "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    assert first.returncode == 0, first.describe()
+    arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
+    assert {name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma", "batch_size")} \
+        == {"learning_rate": 0.002, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 3}
+    before = fingerprint(model_dir)
+
+    refused = run_script(["--resume", "--episodes", 1, "--batch-size", 4, "--learning-rate", 0.002,
+                          "--decay-rate", 0.9, "--gamma", 0.95, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
+                         tmp_path)
+    assert_one_line_error(refused)
+    assert "1 episodes of an unfinished batch of 3" in refused.stderr and "--batch-size 3" in refused.stderr
+    assert fingerprint(model_dir) == before
+
+    resumed = run_script(["--resume", "--episodes", 1, "--batch-size", 3, "--learning-rate", 0.001,
+                          "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    assert resumed.returncode == 0, resumed.describe()
+    assert ("settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, --decay-rate 0.9 -> 0.99, "
+            "--gamma 0.95 -> 0.99") in resumed.lines
+    assert load_checkpoint(model_dir / CHECKPOINT_NAME)["config/learning_rate"].item() == 0.001
+
+
+# --- (6) non-finite numbers are never applied or saved -------------------------------------
+
+@pytest.mark.e2e
+def test_a_blown_up_update_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(old_run, tmp_path):
+    model_dir = copy_of(old_run, tmp_path)
+    before = fingerprint(model_dir)
+    result = run_script(["--resume", "--episodes", 3, *TINY, "--learning-rate", 1e38, "--model-dir", model_dir],
+                        tmp_path)
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.stderr and len(result.stderr_lines) == 1, result.stderr
+    assert "non-finite" in result.stderr
+    assert f"the checkpoint {model_dir / CHECKPOINT_NAME} of episode 2 is intact" in result.stderr
+    assert fingerprint(model_dir)[CHECKPOINT_NAME] == before[CHECKPOINT_NAME]
+
+
+def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite_weights(pong, tmp_path):
+    model = new_policy(pong, 8)
+    optimizer = pong.make_optimizer(model, 1e-4, 0.99)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+
+    def nan_gradient(*args):
+        return [np.full(w.shape, np.nan, np.float32) for w in model.trainable_weights]
+    rewards = np.array([0, 1], np.int8)
+    batch = [pong.Episode(0, np.array([1, 1], np.int16), np.array([5, 6], np.int16), np.array([1, -1], np.int8),
+                          np.array([0, 2], np.int8), rewards)]
+    with pytest.raises(pong.NonFiniteError, match="gradient is not finite"):
+        pong.update_policy(model, optimizer, nan_gradient, batch, 0.99)
+    for b, w in zip(before, model.trainable_weights):
+        np.testing.assert_array_equal(w.numpy(), b)
+
+    model.trainable_weights[0].assign(np.full(model.trainable_weights[0].shape, np.inf, np.float32))
+    with pytest.raises(pong.NonFiniteError):
+        pong.save_checkpoint(str(tmp_path / CHECKPOINT_NAME), model, optimizer, 1, 0.0, [])
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", [["--resume", "--episodes", 1, *TINY], ["--play", 1, "--envs", 1, "--hidden", 8]],
+                         ids=["resume", "play"])
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(old_run, tmp_path, command):
+    model_dir = copy_of(old_run, tmp_path)
+    arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
+    arrays["output/biases"][1] = np.nan
+    np.savez(model_dir / CHECKPOINT_NAME, **arrays)
+    result = run_script([*command, "--model-dir", model_dir], tmp_path)
+    assert_one_line_error(result)
+    assert "non-finite values (NaN or infinity) in output/biases" in result.stderr
+
+
+# --- (7) defaults resolved after parsing -----------------------------------------------------
+
+def test_envs_defaults_to_one_per_core_capped_by_the_episodes_at_once(pong, capsys):
+    assert pong.parse_args(["--play", "1"]).envs == 1, "--play 1 forks no second emulator"
+    assert pong.parse_args(["--batch-size", "1"]).envs == 1
+    assert 1 <= pong.parse_args([]).envs <= 10
+    assert "more than the batch size" not in capsys.readouterr().out, "said although --envs was not given"
+    assert pong.parse_args(["--envs", "4", "--batch-size", "2"]).envs == 2
+    assert "--envs 4 is more than the batch size: 2 episodes are played at once" in capsys.readouterr().out
+
+
+def test_envs_is_1_off_linux_and_more_without_fork_is_one_line(pong, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert pong.parse_args([]).envs == 1
+    monkeypatch.setattr(pong.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(SystemExit) as exit_info:
+        pong.parse_args(["--envs", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs worker processes started by fork" in err[0] and "--envs 1" in err[0]
+
+
+def test_resume_and_restart_together_are_refused(pong, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pong.parse_args(["--resume", "--restart"])
+    assert exit_info.value.code == 2
+
+
+# --- --init, the tutorial's third knob --------------------------------------------------------
+
+def test_init_default_is_the_tutorial_s_glorot_uniform_and_others_have_their_spread(pong):
+    assert pong.parse_args([]).init == "glorot-uniform"
+    fan_in, fan_out = 6400, 200
+    expected_std = {"glorot-uniform": np.sqrt(2 / (fan_in + fan_out)), "glorot-normal": np.sqrt(2 / (fan_in + fan_out)),
+                    "he-uniform": np.sqrt(2 / fan_in), "he-normal": np.sqrt(2 / fan_in), "truncated-normal": 0.05 * 0.88}
+    assert set(expected_std) == set(pong.INITIALISERS)
+    for name, std in expected_std.items():
+        tl.models.core._global_model_name_set.discard("policy")  # one model named 'policy' at a time
+        model = pong.build_policy(200, 1, name)
+        hidden_w, hidden_b = model.trainable_weights[0].numpy(), model.trainable_weights[1].numpy()
+        assert hidden_w.std() == pytest.approx(std, rel=0.03), name
+        assert not hidden_b.any(), "biases start at 0"
+        if name.endswith("uniform"):
+            assert np.abs(hidden_w).max() <= std * np.sqrt(3) * 1.0001, name
+    default = new_policy(pong, 200, 1)
+    tl.models.core._global_model_name_set.discard("policy")
+    glorot = pong.build_policy(200, 1, "glorot-uniform")
+    np.testing.assert_array_equal(default.trainable_weights[0].numpy(), glorot.trainable_weights[0].numpy())
+
+
+@pytest.mark.e2e
+def test_init_is_used_by_training_and_an_unknown_name_is_one_line(tmp_path):
+    result = run_script(["--episodes", 1, *TINY, "--init", "he-normal", "--model-dir", tmp_path / "m"], tmp_path)
+    assert result.returncode == 0, result.describe()
+    hidden_w = load_checkpoint(tmp_path / "m" / CHECKPOINT_NAME)["hidden/weights"]
+    assert hidden_w.std() == pytest.approx(np.sqrt(2 / 6400), rel=0.05)
+    bad = run_script(["--episodes", 1, *TINY, "--init", "zeros", "--model-dir", tmp_path / "n"], tmp_path)
+    assert_one_line_error(bad)
+    assert "--init" in bad.stderr
+    assert not (tmp_path / "n").exists()
+
