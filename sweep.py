@@ -180,6 +180,9 @@ def open_storage(url, must_exist, grace_seconds=None, retry=None):
         parsed = sqlalchemy.engine.make_url(url)
     except Exception as error:
         raise SweepError(f"--storage {url}: not a database URL ({error})") from None
+    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 took psycopg 3 for it; requirements.txt has psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+        url = parsed.render_as_string(hide_password=False)
     engine_kwargs = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}  # two sweeps on one file wait for each other's writes
