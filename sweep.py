@@ -58,6 +58,7 @@ SET_BY_SWEEP = ("--model-dir", "--model", "--seed", "--learning-rate", "--decay-
                 "--record", "--record-every", "--record-scale", "--record-gif")
 STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is killed
 POLL_SECONDS = 1  # how often the runs' progress.csv files are read
+WAIT_SECONDS = 5  # how often a sweep with nothing to train looks at the study again
 WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
 OBJECTIVE = ("the mean episode reward over the last tenth of the E episodes (reward: points won minus "
              "points lost, -21 to +21), averaged over the seeds")
@@ -215,26 +216,26 @@ def open_study(args, storage, settings):
     first trial). Its episodes, seeds and run flags are kept in the study:
     trials are compared only if trained alike."""
     try:
-        study_ = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
+        optuna_study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study_ = optuna.load_study(study_name=args.study, storage=storage)
+        optuna_study = optuna.load_study(study_name=args.study, storage=storage)
         created = False
     wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
-    kept = {name: study_.user_attrs[name] for name in wanted if name in study_.user_attrs}
-    if kept and kept != wanted and study_.get_trials(deepcopy=False, states=FINISHED):
+    kept = {name: optuna_study.user_attrs[name] for name in wanted if name in optuna_study.user_attrs}
+    if kept and kept != wanted and optuna_study.get_trials(deepcopy=False, states=FINISHED):
         raise SweepError(f"study {args.study} trains with {command_line(kept)}; this command has "
                          f"{command_line(wanted)}: give the same, or a new --study")
     for name, value in wanted.items():
-        study_.set_user_attr(name, value)
+        optuna_study.set_user_attr(name, value)
     if created:
         tutorial = {name: settings[name] for name in PARAMS}
         if in_search_block(tutorial):
-            study_.enqueue_trial(tutorial)
+            optuna_study.enqueue_trial(tutorial)
             print(f"new study {args.study}: its first trial is the tutorial's setting ({describe(tutorial)})")
     for text in args.enqueue:
-        study_.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
-    return study_
+        optuna_study.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
+    return optuna_study
 
 
 def command_line(kept):
@@ -272,7 +273,10 @@ def checkpoint_episode(folder):
 
 def folder_locked_by(folder):
     """The pid in folder/.lock if a training run holds it (the script's own lock), else None."""
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # Windows: the script has no lock either
+        return None
     path = folder / ".lock"
     if not path.exists():
         return None
@@ -385,6 +389,8 @@ def make_objective(args, stop_requested, current):
 
     def objective(trial):
         current["trial"] = trial
+        if stop_requested():  # Ctrl-C came while Optuna handed out this trial
+            raise Stopped()
         setting = suggest(trial)
         folder = trial_folder(args, trial)
         trial.set_user_attr("host", socket.gethostname())
@@ -469,8 +475,8 @@ def prune(trial, rows_by_seed, why):
 
 # --- The sweep ----------------------------------------------------------------
 
-def finished_and_running(study_):
-    counts = collections.Counter(t.state for t in study_.get_trials(deepcopy=False))
+def finished_and_running(optuna_study):
+    counts = collections.Counter(t.state for t in optuna_study.get_trials(deepcopy=False))
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING], \
         counts[TrialState.WAITING]
 
@@ -483,10 +489,10 @@ def sweep(args):
         parse_setting(text, settings)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     storage = open_storage(storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry)
-    study_ = open_study(args, storage, settings)
+    optuna_study = open_study(args, storage, settings)
     pruner = (optuna.pruners.NopPruner() if args.no_prune else
               optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS))
-    study_.pruner = pruner
+    optuna_study.pruner = pruner
 
     stop = {"requested": False}
 
@@ -498,8 +504,8 @@ def sweep(args):
     objective = make_objective(args, lambda: stop["requested"], current)
     waiting_said = False
     while not stop["requested"]:
-        optuna.storages.fail_stale_trials(study_)  # a dead sweep's trial goes back into the queue
-        finished, running, queued = finished_and_running(study_)
+        optuna.storages.fail_stale_trials(optuna_study)  # a dead sweep's trial goes back into the queue
+        finished, running, queued = finished_and_running(optuna_study)
         if finished >= args.trials:
             print(f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done")
             return 0
@@ -508,17 +514,17 @@ def sweep(args):
                 print(f"{running} trials are running elsewhere, enough for --trials {args.trials}: waiting "
                       "for them (a trial whose sweep has died is taken over here)", flush=True)
                 waiting_said = True
-            time.sleep(POLL_SECONDS)
+            time.sleep(WAIT_SECONDS)
             continue
         current.clear()
         try:
-            study_.optimize(objective, n_trials=1)
+            optuna_study.optimize(objective, n_trials=1)
         except Stopped:
             break
         except SweepError as error:
-            retry_later(study_, current, retry)
+            retry_later(optuna_study, current, retry)
             raise error
-    if retry_later(study_, current, retry):
+    if retry_later(optuna_study, current, retry):
         print(f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the same "
               "command carries on")
     else:
@@ -526,13 +532,13 @@ def sweep(args):
     return 0
 
 
-def retry_later(study_, current, retry):
+def retry_later(optuna_study, current, retry):
     """A trial stopped before its end goes back into the queue, same setting,
     same folder (Optuna has marked it failed); True if there was one."""
     trial = current.get("trial")
-    if trial is None or study_._storage.get_trial(trial._trial_id).state != TrialState.FAIL:
+    if trial is None or optuna_study._storage.get_trial(trial._trial_id).state != TrialState.FAIL:
         return False
-    retry(study_, study_._storage.get_trial(trial._trial_id))
+    retry(optuna_study, optuna_study._storage.get_trial(trial._trial_id))
     return True
 
 
@@ -544,8 +550,8 @@ def report(args):
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if args.study not in names:
         raise SweepError(f"no study {args.study} in {hide_password(url)} (there: {', '.join(names) or 'none'})")
-    study_ = optuna.load_study(study_name=args.study, storage=storage)
-    all_trials = study_.get_trials()
+    optuna_study = optuna.load_study(study_name=args.study, storage=storage)
+    all_trials = optuna_study.get_trials()
     retried_as = {}
     for t in all_trials:
         for number in t.system_attrs.get("retry_history", []):
@@ -554,7 +560,7 @@ def report(args):
              TrialState.FAIL: 4}
     ranked = sorted(all_trials, key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf),
                                                t.number))
-    attrs = study_.user_attrs
+    attrs = optuna_study.user_attrs
     print(f"study {args.study}: {command_line(attrs)}; objective: mean episode reward over the last tenth "
           "of the episodes, averaged over the seeds")
     print(f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
@@ -573,7 +579,7 @@ def report(args):
         print(f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
               f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  {state:<18}  "
               f"{objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  {games:>13}  {hours:>6.2f}")
-    figure = draw_report(study_, all_trials, pathlib.Path(args.runs) / args.study)
+    figure = draw_report(optuna_study, all_trials, pathlib.Path(args.runs) / args.study)
     print(f"figure: {figure}")
     return 0
 
@@ -585,7 +591,7 @@ def trial_hours(t):
     return (end - t.datetime_start).total_seconds() / 3600
 
 
-def draw_report(study_, all_trials, folder):
+def draw_report(optuna_study, all_trials, folder):
     """report.png: objective against learning rate (colour: decay rate,
     marker: initialiser) and each trial's reported running means; beside it
     Optuna's own plots, each in its own file, where the study has enough for them."""
@@ -610,7 +616,7 @@ def draw_report(study_, all_trials, folder):
     left.set_xlim(*LEARNING_RATE)
     left.set_xlabel("learning rate")
     left.set_ylabel("mean episode reward, last tenth (pruned: faint, red edge)")
-    left.set_title(f"study {study_.study_name}: objective by setting")
+    left.set_title(f"study {optuna_study.study_name}: objective by setting")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm, colours), ax=left, label="decay rate")
     for name, marker in markers.items():
         left.scatter([], [], marker=marker, color="grey", label=name)
@@ -631,13 +637,13 @@ def draw_report(study_, all_trials, folder):
     path = folder / "report.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    draw_optuna_plots(study_, folder, plt)
+    draw_optuna_plots(optuna_study, folder, plt)
     return path
 
 
-def draw_optuna_plots(study_, folder, plt):
+def draw_optuna_plots(optuna_study, folder, plt):
     from optuna.visualization import matplotlib as optuna_plots
-    complete = study_.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     plots = {"history": optuna_plots.plot_optimization_history, "slice": optuna_plots.plot_slice,
              "timeline": optuna_plots.plot_timeline}
     if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
@@ -648,7 +654,7 @@ def draw_optuna_plots(study_, folder, plt):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # matplotlib's notes on a study of one or two points
             try:
-                axes = plot(study_)
+                axes = plot(optuna_study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # a study too small for this plot yet
             figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure

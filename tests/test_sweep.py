@@ -2,7 +2,6 @@
 real PostgreSQL server where one is given), real runs of the script on the
 real Pong-v0, real signals. Each trial is kept tiny: a few episodes of a
 network with 8 hidden units, one update per episode."""
-import csv
 import os
 import pathlib
 import re
@@ -106,7 +105,7 @@ def test_both_trials_complete_with_the_objective_of_their_progress_rows(small_st
         log = (folder / "seed-2" / "train.log").read_text()
         assert log.rstrip().endswith(f"saved checkpoint to {folder.relative_to(cwd)}/seed-2/model_pong.npz (episode 4)")
         assert t.intermediate_values.keys() == {2}  # every --save-every episodes, before the end
-    assert f"study pong holds 2 finished trials" in result.stdout
+    assert "study pong holds 2 finished trials" in result.stdout
 
 
 @pytest.mark.e2e
