@@ -385,7 +385,6 @@ def trial_folder(args, trial):
 def make_objective(args, stop_requested, current):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     envs = max(1, cores // args.seeds)
-    warmup = int(args.episodes * PRUNE_WARMUP_FRACTION)
 
     def objective(trial):
         current["trial"] = trial
@@ -411,7 +410,7 @@ def make_objective(args, stop_requested, current):
             for seed_value, episodes_done in done.items():
                 if episodes_done is None or episodes_done < args.episodes:
                     active.append(Run(folder / f"seed-{seed_value}", seed_value, setting, episodes_done, args, envs))
-            rows_by_seed = watch(trial, folder, active, args, warmup, stop_requested)
+            rows_by_seed = watch(trial, folder, active, args, stop_requested)
         except BaseException:
             stop_runs(active)
             raise
@@ -424,7 +423,7 @@ def make_objective(args, stop_requested, current):
     return objective
 
 
-def watch(trial, folder, active, args, warmup, stop_requested):
+def watch(trial, folder, active, args, stop_requested):
     """Until the runs end: report the seeds' mean running mean every
     --save-every episodes, stop them if the pruner says so."""
     seed_folders = [folder / f"seed-{s}" for s in range(1, args.seeds + 1)]
@@ -440,7 +439,7 @@ def watch(trial, folder, active, args, warmup, stop_requested):
             trial.report(value, step)
             reported = step
             print(f"trial {trial.number} episode {step}: the seeds' mean running mean {value:+.3f}", flush=True)
-            if step > warmup and trial.should_prune():
+            if trial.should_prune():
                 stop_runs(active)
                 prune(trial, [progress_rows(f, args.episodes) for f in seed_folders],
                       f"pruned at episode {step}: mean running mean {value:+.3f} is below the median")
@@ -475,7 +474,8 @@ def prune(trial, rows_by_seed, why):
 
 # --- The sweep ----------------------------------------------------------------
 
-def finished_and_running(optuna_study):
+def trial_counts(optuna_study):
+    """Finished (complete or pruned), running and queued trials."""
     counts = collections.Counter(t.state for t in optuna_study.get_trials(deepcopy=False))
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING], \
         counts[TrialState.WAITING]
@@ -490,9 +490,8 @@ def sweep(args):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     storage = open_storage(storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry)
     optuna_study = open_study(args, storage, settings)
-    pruner = (optuna.pruners.NopPruner() if args.no_prune else
-              optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS))
-    optuna_study.pruner = pruner
+    optuna_study.pruner = (optuna.pruners.NopPruner() if args.no_prune else optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=int(args.episodes * PRUNE_WARMUP_FRACTION)))
 
     stop = {"requested": False}
 
@@ -505,7 +504,7 @@ def sweep(args):
     waiting_said = False
     while not stop["requested"]:
         optuna.storages.fail_stale_trials(optuna_study)  # a dead sweep's trial goes back into the queue
-        finished, running, queued = finished_and_running(optuna_study)
+        finished, running, queued = trial_counts(optuna_study)
         if finished >= args.trials:
             print(f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done")
             return 0
@@ -535,10 +534,12 @@ def sweep(args):
 def retry_later(optuna_study, current, retry):
     """A trial stopped before its end goes back into the queue, same setting,
     same folder (Optuna has marked it failed); True if there was one."""
-    trial = current.get("trial")
-    if trial is None or optuna_study._storage.get_trial(trial._trial_id).state != TrialState.FAIL:
+    if current.get("trial") is None:
         return False
-    retry(optuna_study, optuna_study._storage.get_trial(trial._trial_id))
+    frozen = next(t for t in optuna_study.get_trials() if t.number == current["trial"].number)
+    if frozen.state != TrialState.FAIL:
+        return False
+    retry(optuna_study, frozen)
     return True
 
 
