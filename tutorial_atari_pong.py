@@ -23,6 +23,7 @@ import glob
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import sys
@@ -855,6 +856,19 @@ def settings_changed(arrays, args):
             for name in SETTINGS if "config/" + name in arrays and arrays["config/" + name].item() != getattr(args, name)]
 
 
+def resumable(path, args):
+    """The checkpoint --resume continues, checked; one line if it cannot be."""
+    try:
+        arrays = read_checkpoint(path, args.hidden)
+    except CheckpointError as error:
+        fail(error)
+    pending, trained_batch = len(arrays.get("pending/steps", [])), arrays.get("config/batch_size")
+    if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
+        fail(f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
+             f"resume with --batch-size {int(trained_batch)}, or change it at a batch end")
+    return arrays
+
+
 def apply_update(model, optimizer, gradient_fn, batch, gamma_value):
     started = time.perf_counter()
     steps = update_policy(model, optimizer, gradient_fn, batch, gamma_value)
@@ -866,8 +880,8 @@ def train(args):
     stop = StopFlag()  # from here on Ctrl-C only asks to stop: nothing is half-done by it
     path = checkpoint_path(args)
     directory = os.path.dirname(path) or "."
-    if args.resume and not os.path.exists(path) and not os.path.isdir(os.path.join(directory, RESTART)):
-        fail(f"no checkpoint at {path}")  # before any folder is made for it
+    restart_left = os.path.isdir(os.path.join(directory, RESTART))  # by a run killed during its first save
+    arrays, staging = (resumable(path, args) if args.resume and not restart_left else None), None
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
@@ -875,17 +889,9 @@ def train(args):
     for stale in glob.glob(glob.escape(path) + ".*.tmp") + glob.glob(glob.escape(directory) + "/progress.csv.*.tmp"):
         os.remove(stale)  # half-written by a killed run: with the lock held, no one else writes here
     finish_restart(directory, os.path.basename(path))
-    arrays, staging = None, None
-    if args.resume:
-        try:
-            arrays = read_checkpoint(path, args.hidden)
-        except CheckpointError as error:
-            fail(error)
-        pending, trained_batch = len(arrays.get("pending/steps", [])), arrays.get("config/batch_size")
-        if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
-            fail(f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
-                 f"resume with --batch-size {int(trained_batch)}, or change it at a batch end")
-    elif found := earlier_run(path, directory):
+    if args.resume and restart_left:
+        arrays = resumable(path, args)
+    elif not args.resume and (found := earlier_run(path, directory)):
         if not args.restart:
             fail(f"{directory} holds a run ({found}): --resume continues it, "
                  "--restart starts over and replaces it when the new run first saves")
@@ -1040,6 +1046,16 @@ TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
 MILESTONES = (5000, 10000, 15000, 20000, 30000, 40000)
 
 
+def seed_groups(folders):
+    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are
+    one setting, drawn as their mean and spread; any other folder is its own."""
+    groups = {}
+    for folder in folders:
+        seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
+        groups.setdefault(os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []).append(folder)
+    return groups
+
+
 def plot(args):
     """--plot [DIR ...]: the learning curves of one or several model folders in
     one figure, learning_curve.png in the folder (or the folder holding them
@@ -1051,13 +1067,23 @@ def plot(args):
     runs = {folder: progress_columns(folder) for folder in folders}
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    for folder, run in runs.items():
+    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+    for name, group in seed_groups(folders).items():
+        length = min(len(runs[folder]["episode"]) for folder in group)
+        episodes = runs[group[0]]["episode"][:length]
         if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
-        top.plot(run["episode"], run["running_mean"], linewidth=2,
-                 label=f"{folder}: running mean ({len(run['episode'])} episodes)")
-        points, games = shares_won(run, window)
-        bottom.plot(run["episode"][window - 1:], points, linewidth=2, label=f"{folder}: points won")
+            top.plot(episodes, runs[name]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+        means = np.array([runs[folder]["running_mean"][:length] for folder in group])
+        points = np.array([shares[folder][0][:length - window + 1] for folder in group])
+        label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
+        line, = top.plot(episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)")
+        bottom.plot(episodes[window - 1:], points.mean(0), linewidth=2, color=line.get_color(),
+                    label=f"{label}: points won")
+        if len(group) > 1:
+            top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+            bottom.fill_between(episodes[window - 1:], points.min(0), points.max(0), color=line.get_color(), alpha=0.2)
+    for folder, run in runs.items():
+        points, games = shares[folder]
         print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
               f"over the {window} episodes before each mark:")
         for mark in [m for m in MILESTONES if m <= len(run["episode"])] + [len(run["episode"])]:

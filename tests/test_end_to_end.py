@@ -18,7 +18,7 @@ CHECKPOINT_KEYS = {
     "hidden/weights", "hidden/biases", "output/weights", "output/biases",
     "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
     "mean_square/output/biases", "state/format", "state/episode", "state/running_mean", "config/input_size",
-    "config/hidden", "pending/steps", "pending/numbers", "pending/nnz", "pending/indices", "pending/signs",
+    "config/hidden", "config/learning_rate", "config/decay_rate", "config/gamma", "config/batch_size", "pending/steps", "pending/numbers", "pending/nnz", "pending/indices", "pending/signs",
     "pending/labels", "pending/rewards"}
 
 
@@ -132,6 +132,8 @@ def test_checkpoint_holds_the_trained_state(pong, run):
     assert int(arrays["state/episode"]) == 2
     assert int(arrays["state/format"]) == 2
     assert (int(arrays["config/input_size"]), int(arrays["config/hidden"])) == (6400, 200)
+    assert {name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma")} == {
+        "learning_rate": 1e-4, "decay_rate": 0.99, "gamma": 0.99}
     updates = len(parse_train_log(run.result.lines).batches)
     # The mean square starts at 1 and decays by 0.99 an update; where the gradient was always 0
     # (pixel 0, the corner of the top wall, never changes) that is all that happened to it.
@@ -237,9 +239,11 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
     assert "Traceback" not in stderr, stderr
     finished = len(parse_train_log(seen).episodes)
     checkpoint = model_dir / "model_pong.npz"
-    assert seen[-1] == f"saved checkpoint to {checkpoint} (episode {finished})"
-    arrays = load_checkpoint(checkpoint)
-    assert int(arrays["state/episode"]) == finished
+    if finished == 0:  # stopped during the first episode: nothing to save, nothing written over
+        assert not checkpoint.exists() and not SAVED_RE.match(seen[-1])
+    else:
+        assert seen[-1] == f"saved checkpoint to {checkpoint} (episode {finished})"
+        assert int(load_checkpoint(checkpoint)["state/episode"]) == finished
     videos = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
     assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
@@ -374,13 +378,15 @@ def test_help_lists_every_flag(tmp_path):
 def test_a_restart_over_an_old_run_says_so_and_restarts_its_logs(train_run, tmp_path):
     model_dir = tmp_path / "m"
     shutil.copytree(train_run.model_dir, model_dir)
+    old_events = set((model_dir / "tensorboard").glob("events.out.tfevents*"))
     result = run_script(["--restart", "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
                         tmp_path)
     assert result.returncode == 0, result.describe()
     assert f"starting over: the run in {model_dir} is replaced when this one first saves " \
            "(until then, stopping leaves it as it was)" in result.lines
     assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
-    assert len(list((model_dir / "tensorboard").glob("events.out.tfevents*"))) == 1
+    events = set((model_dir / "tensorboard").glob("events.out.tfevents*"))
+    assert events and not events & old_events, "the old run's curves go with it"
     assert int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"]) == 1
 
 

@@ -350,12 +350,10 @@ def test_model_naming_a_folder_is_one_line_exit_2(tmp_path, command):
     assert not any((tmp_path / name).exists() for name in ("progress.csv", "tensorboard", CHECKPOINT_NAME))
 
 
-@pytest.mark.xfail(strict=True, reason="today a dead worker ends training with a RuntimeError traceback "
-                                       "(WorkerPool.play), not one line (issue 23)")
 def test_a_dying_worker_is_one_line_and_leaves_the_last_checkpoint(tmp_path):
     """kill -9 of one worker part-way through the second batch: one line on
-    stderr, a non-zero exit, the checkpoint of the first batch intact, and
-    no process left behind."""
+    stderr, a non-zero exit, the episodes played so far saved, and no
+    process left behind."""
     model_dir = tmp_path / "m"
     run = LiveRun(["--envs", 2, "--batch-size", 2, "--save-every", 2, "--episodes", 4, "--hidden", HIDDEN,
                    "--model-dir", model_dir], tmp_path)
@@ -373,8 +371,8 @@ def test_a_dying_worker_is_one_line_and_leaves_the_last_checkpoint(tmp_path):
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "an episode worker process died" in lines[0], stderr
-    assert int(load_checkpoint(model_dir / CHECKPOINT_NAME)["state/episode"]) == 2
-    assert [int(row["episode"]) for row in read_progress(model_dir)][:2] == [0, 1]
+    saved = int(load_checkpoint(model_dir / CHECKPOINT_NAME)["state/episode"])  # the whole episodes are kept
+    assert saved >= 2 and [int(row["episode"]) for row in read_progress(model_dir)] == list(range(saved))
     assert list(model_dir.glob("*.tmp")) == []
 
 

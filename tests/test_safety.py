@@ -409,3 +409,30 @@ def test_init_is_used_by_training_and_an_unknown_name_is_one_line(tmp_path):
     assert "--init" in bad.stderr
     assert not (tmp_path / "n").exists()
 
+
+
+# --- --plot of a sweep trial's seeds ----------------------------------------------------------
+
+def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, tmp_path, capsys):
+    trial = tmp_path / "trial-0001"
+    for seed, rewards in ((1, [-21, -20, -19, -18]), (2, [-19, -19, -17, -16])):
+        folder = trial / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        rows = ["episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time"]
+        rows += [f"{n},{r},{r},{21 + r},21,900,1.0,2026-12-01T10:00:0{n}" for n, r in enumerate(rewards)]
+        (folder / "progress.csv").write_text("\n".join(rows) + "\n")
+    other = tmp_path / "other"
+    shutil.copytree(trial / "seed-1", other)
+    assert pong.seed_groups([str(trial / "seed-1"), str(trial / "seed-2"), str(other)]) == {
+        str(trial): [str(trial / "seed-1"), str(trial / "seed-2")], str(other): [str(other)]}
+
+    args = pong.parse_args(["--plot", str(trial / "seed-1"), str(trial / "seed-2"), str(other)])
+    figure = pong.plot(args)
+    top, bottom = figure.axes
+    labels = [line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")]
+    assert labels == [f"{trial} (2 seeds: mean, and the band from min to max): running mean (4 episodes)",
+                      f"{other}: running mean (4 episodes)"]
+    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
+    assert len(top.collections) == 1, "one band, for the setting with two seeds"
+    assert (tmp_path / "learning_curve.png").exists()
+    assert capsys.readouterr().out.count("episodes in") == 3, "each folder still gets its own table"
