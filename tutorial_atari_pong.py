@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -58,8 +59,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through
-    absl before it is initialised, which TF_CPP_MIN_LOG_LEVEL cannot stop."""
+    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -115,21 +115,15 @@ BACKGROUND = (34, 228)  # Pong's two background colours, as palette indices
 
 
 def prepro(screen):
-    """210x160 screen of palette indices -> 6400 bools: True where something is drawn.
-
-    Crop the playing field, keep every 2nd row and column, and erase the two
-    background colours. The tutorial does this on the RGB frame, erasing red
-    144 and 109: those are these two colours' reds and no other Pong colour's
-    (a test checks it on thousands of real frames), and reading the emulator's
-    palette indices skips its RGB conversion, ~15% of a step."""
+    """210x160 screen of palette indices -> 6400 bools: True where something is drawn. The tutorial's crop,
+    every 2nd row and column, and its two background reds (144, 109), which are these two colours'."""
     field = screen[35:195:2, ::2].copy()  # contiguous, the comparisons run faster
     return ((field != BACKGROUND[0]) & (field != BACKGROUND[1])).ravel()
 
 
 def diff_frame(current, previous):
-    """What moved, sparsely: the indices (int16) of the pixels that changed
-    since the previous frame and the signs (int8) of current - previous. A
-    difference frame is ~99.7% zeros; on an episode's first step it is all zeros."""
+    """What moved, sparsely (~99.7% of a difference frame is 0): the indices (int16) of the pixels that changed
+    and the signs (int8) of current - previous. None on an episode's first step."""
     if previous is None:
         return np.zeros(0, np.int16), np.zeros(0, np.int8)
     changed = (current != previous).nonzero()[0]
@@ -175,16 +169,9 @@ def weight_key(weight):
     return weight.name.split(":")[0]
 
 
-def policy_arrays(model):
-    """Numpy copies of [hidden W, hidden b, output W, output b] for acting."""
-    return [w.numpy() for w in model.trainable_weights]
-
-
 def action_probabilities(weights, changed, signs):
-    """Softmax of the policy for one sparse difference frame, in numpy.
-
-    The same layers as the TensorLayer model, but summing the ~20 rows of the
-    hidden weights that the frame selects instead of multiplying 6400 zeros."""
+    """Softmax of the policy for one sparse difference frame, in numpy: the model's layers, summing the ~20
+    rows of the hidden weights that the frame selects instead of multiplying 6400 zeros."""
     hidden_w, hidden_b, output_w, output_b = weights
     activations = hidden_b + signs.astype(np.float32) @ hidden_w.take(changed, axis=0)
     logits = np.maximum(activations, 0, out=activations) @ output_w + output_b
@@ -194,12 +181,8 @@ def action_probabilities(weights, changed, signs):
 
 def sample_action(probs, rng):
     """Draw STOP, UP or DOWN with the policy's probabilities."""
-    u = rng.random()
-    if u < probs[0]:
-        return ACTIONS[0]
-    if u < probs[0] + probs[1]:
-        return ACTIONS[1]
-    return ACTIONS[2]
+    u = rng.random()  # the first action whose cumulative probability exceeds u (int: numpy bools do not subtract)
+    return ACTIONS[2 - int(u < probs[0]) - int(u < probs[0] + probs[1])]
 
 
 # --- Returns and the update ------------------------------------------------
@@ -217,9 +200,8 @@ def standardise(returns):
 
 
 def batch_returns(episodes, gamma_value):
-    """Each step's discounted return, standardised over the batch. An episode
-    cut at MAX_EPISODE_STEPS ends in a point never decided: its steps get 0,
-    no credit either way, and are left out of the mean and deviation."""
+    """Each step's discounted return, standardised over the batch. The undecided last point of an episode cut at
+    MAX_EPISODE_STEPS: its steps get 0, no credit either way, and are left out of the mean and deviation."""
     returns = np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes])
     decided = np.concatenate([np.arange(e.steps) <= np.flatnonzero(e.rewards).max(initial=-1) for e in episodes])
     standardised = np.zeros_like(returns)
@@ -232,9 +214,8 @@ def finite(tensors):
 
 
 def sparse_product(frames, weights):
-    """frames @ weights for a CSR matrix of frames. The gradient goes to the
-    weights alone (frames^T @ upstream): TensorFlow's own would also build
-    one for the frames, which are data."""
+    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone (frames^T @ upstream):
+    TensorFlow's own would also build one for the frames, which are data."""
     @tf.custom_gradient
     def product(w):
         return csr.sparse_matrix_mat_mul(frames, w), \
@@ -243,8 +224,7 @@ def sparse_product(frames, weights):
 
 
 def sparse_logits(model, indices, signs, n_steps):
-    """The policy's logits for n_steps difference frames given sparsely as
-    (step, pixel) indices and their signs: the TensorLayer model's layers,
+    """The model's logits for n_steps difference frames given as (step, pixel) indices and signs: its layers,
     with a sparse product in the first."""
     hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
     dense_shape = tf.stack([tf.cast(n_steps, tf.int64), hidden_layer.W.shape[0]])
@@ -269,9 +249,8 @@ def make_gradient_fn(model):
 
 @dataclasses.dataclass
 class Episode:
-    """One played episode, stored compactly: per step, the indices and signs
-    of the pixels that changed (end to end for all steps), the action's label
-    and the reward."""
+    """One played episode, compactly: per step the changed pixels (their indices and signs end to end for all
+    steps), the action's label and the reward."""
     number: int
     nnz: np.ndarray  # changed pixels per step, int16
     indices: np.ndarray  # int16, sum(nnz) of them
@@ -306,8 +285,7 @@ def concatenate(episodes):
 
 
 def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_steps=UPDATE_CHUNK_STEPS):
-    """One RMSProp step on the batch. The loss is a sum over steps, so the
-    gradient is accumulated chunk by chunk: exact, in bounded memory."""
+    """One RMSProp step on the batch. The loss sums over steps, so chunks' gradients add up: exact, in bounded memory."""
     returns = batch_returns(episodes, gamma_value)
     batch = concatenate(episodes)
     row_ends = np.cumsum(batch.nnz, dtype=np.int64)
@@ -329,10 +307,8 @@ def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_st
 
 
 def make_optimizer(model, learning_rate_value, decay_rate_value):
-    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras'
-    RMSprop: its mean square starts at 1 and its epsilon is 1e-10, so the first
-    hundred or so updates take steps of about lr * g. Keras starts at 0, which
-    makes them about 10 * lr * sign(g) whatever the size of g."""
+    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras' RMSprop: its mean square starts at 1,
+    not 0, so the first updates step by about lr * g, not 10 * lr * sign(g) (docs/how-it-works.md)."""
     optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate_value, decay=decay_rate_value)
     # Its slots appear at the first apply_gradients. A zero gradient creates
     # them without moving any weight; the mean square then goes back to 1.
@@ -343,9 +319,8 @@ def make_optimizer(model, learning_rate_value, decay_rate_value):
 
 
 def mean_squares(optimizer, model):
-    """RMSProp's state by checkpoint name: each weight's running mean square of
-    its gradient. (Its other slot, momentum, holds only the last step taken:
-    with momentum 0 it never enters the next one.)"""
+    """RMSProp's state by checkpoint name: each weight's mean square of its gradient. (Its other slot, momentum,
+    holds only the last step: with momentum 0 it never enters the next one.)"""
     return {"mean_square/" + weight_key(w): optimizer.get_slot(w, "rms") for w in model.trainable_weights}
 
 
@@ -355,9 +330,8 @@ SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept in a c
 
 
 def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
-    """Write weights, RMSProp state, counters, the settings it was trained
-    with and the unfinished batch to path atomically: a temporary file, then
-    os.replace. Non-finite weights are refused: the last good file stays."""
+    """Write weights, RMSProp state, counters, settings and the unfinished batch to path atomically (a temporary
+    file, then os.replace). Non-finite weights are refused: the last good file stays."""
     if not finite(model.trainable_weights):
         raise NonFiniteError("the weights are not finite (NaN or infinity) and were not saved")
     arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
@@ -429,9 +403,8 @@ def restore(arrays, model, optimizer):
     """Assign a read checkpoint; return (episode, running mean, pending episodes)."""
     for weight in model.trainable_weights:
         weight.assign(arrays[weight_key(weight)])
-    if optimizer is not None:
-        for name, mean_square in mean_squares(optimizer, model).items():
-            mean_square.assign(arrays[name])
+    for name, mean_square in mean_squares(optimizer, model).items():
+        mean_square.assign(arrays[name])
     running_mean = float(arrays["state/running_mean"])
     return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending_episodes(arrays)
 
@@ -440,15 +413,13 @@ def pending_episodes(arrays):
     """Split the checkpoint's unfinished batch back into episodes."""
     if "pending/steps" not in arrays:
         return []
-    episodes, step, nz = [], 0, 0
-    for number, steps in zip(arrays["pending/numbers"], arrays["pending/steps"]):
-        nnz = arrays["pending/nnz"][step:step + steps]
-        count = int(nnz.sum())
-        episodes.append(Episode(int(number), nnz, arrays["pending/indices"][nz:nz + count],
-                                arrays["pending/signs"][nz:nz + count], arrays["pending/labels"][step:step + steps],
-                                arrays["pending/rewards"][step:step + steps]))
-        step, nz = step + steps, nz + count
-    return episodes
+    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
+    nnz = np.split(arrays["pending/nnz"], step_cuts)
+    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
+    indices, signs = (np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs"))
+    labels, rewards = (np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards"))
+    return [Episode(int(number), *fields) for number, *fields in zip(arrays["pending/numbers"], nnz, indices, signs,
+                                                                       labels, rewards)]
 
 
 # --- Playing ---------------------------------------------------------------
@@ -692,20 +663,13 @@ def make_player(args, first_episode, record_every_value):
 
 # --- Training --------------------------------------------------------------
 
-class StopFlag:
-    """Set by Ctrl-C or SIGTERM; the loops check it at safe points, so a
-    checkpoint is never written half-way through an update."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self.request)
-        signal.signal(signal.SIGTERM, self.request)
-
-    def request(self, signum, frame):
-        self.requested = True
-
-    def __call__(self):
-        return self.requested
+def stop_flag():
+    """From now on Ctrl-C and SIGTERM only set a flag; returns its test. The loops check it at safe
+    points, so a checkpoint is never written half-way through an update."""
+    requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: requested.set())
+    return requested.is_set
 
 
 def read_progress(path):
@@ -877,7 +841,7 @@ def apply_update(model, optimizer, gradient_fn, batch, gamma_value):
 
 
 def train(args):
-    stop = StopFlag()  # from here on Ctrl-C only asks to stop: nothing is half-done by it
+    stop = stop_flag()
     path = checkpoint_path(args)
     directory = os.path.dirname(path) or "."
     restart_left = os.path.isdir(os.path.join(directory, RESTART))  # by a run killed during its first save
@@ -941,7 +905,7 @@ def train(args):
         while not stop() and (last_episode is None or episode < last_episode):
             batch_end = (episode // args.batch_size + 1) * args.batch_size
             numbers = range(episode, batch_end if last_episode is None else min(batch_end, last_episode))
-            for done in player.play(policy_arrays(model), numbers, print, stop):
+            for done in player.play([w.numpy() for w in model.trainable_weights], numbers, print, stop):
                 running_mean = done.reward if running_mean is None else running_mean * 0.99 + done.reward * 0.01
                 print(f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}")
                 log.add(done, running_mean)
@@ -994,7 +958,7 @@ def play(args):
         arrays = read_checkpoint(path, args.hidden)
     except CheckpointError as error:
         fail(error)
-    stop = StopFlag()
+    stop = stop_flag()
     weights = [arrays[name] for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases")]
     results = []
     player = make_player(args, 0, 1)
