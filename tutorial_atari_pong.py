@@ -132,8 +132,7 @@ def diff_frame(current, previous):
 
 # --- Policy ----------------------------------------------------------------
 
-# --init: the tutorial's Xavier/Glorot-uniform, and the usual others. The
-# truncated normal is TensorLayer's own default for Dense layers.
+# --init: the tutorial's Xavier/Glorot-uniform, and the usual others; the truncated normal is TensorLayer's default.
 INITIALISERS = {
     "glorot-uniform": tf.keras.initializers.GlorotUniform,
     "glorot-normal": tf.keras.initializers.GlorotNormal,
@@ -418,23 +417,21 @@ def pending_episodes(arrays):
     pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
     indices, signs = (np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs"))
     labels, rewards = (np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards"))
-    return [Episode(int(number), *fields) for number, *fields in zip(arrays["pending/numbers"], nnz, indices, signs,
-                                                                       labels, rewards)]
+    episodes = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards)
+    return [Episode(int(number), *fields) for number, *fields in episodes]
 
 
 # --- Playing ---------------------------------------------------------------
 
 def make_env(env_seed, render_mode=None):
     if render_mode == "human":
-        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes
-        # with the LLVM inside TensorFlow (a segfault); SDL's software renderer
-        # needs no GL. The game is silent, so no audio device either.
+        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes with the LLVM inside TensorFlow
+        # (a segfault); SDL's software renderer needs no GL. The game is silent, so no audio device either.
         for name, value in (("SDL_RENDER_DRIVER", "software"), ("SDL_FRAMEBUFFER_ACCELERATION", "0"),
                             ("SDL_AUDIODRIVER", "dummy")):
             os.environ.setdefault(name, value)
-    # The bare emulator env, without gymnasium's checking wrappers, and with
-    # RAM as its observation: 128 bytes, where RGB would be converted every
-    # step. prepro reads the screen's palette indices instead.
+    # The bare emulator env, without gymnasium's checking wrappers, and with RAM as its observation: 128 bytes,
+    # where RGB would be converted every step. prepro reads the screen's palette indices instead.
     env = gym.make("Pong-v0", obs_type="ram", render_mode=render_mode).unwrapped
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
@@ -442,7 +439,7 @@ def make_env(env_seed, render_mode=None):
 
 @dataclasses.dataclass
 class Recording:
-    """--record: which episodes become videos, where, and how they look."""
+    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale block."""
     directory: str
     every: int
     scale: int
@@ -452,15 +449,10 @@ class Recording:
         name = f"episode-{number:06d}.{'gif' if self.gif_steps else 'mp4'}"
         return os.path.join(self.directory, name) if number % self.every == 0 else None
 
-    def open(self, number):
-        path = self.path(number)
-        return path and Video(path, self.scale, self.gif_steps)
-
 
 class Video:
-    """One frame per agent step, each pixel a scale x scale block (np.repeat:
-    sharp, no blur): an MP4 at 30 frames a second, or a GIF, which is assembled
-    in memory (about 1.5 MB a frame at scale 3) and so keeps the first `limit`."""
+    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30 frames a second,
+    or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the first `limit` frames only."""
 
     def __init__(self, path, scale, limit=None):
         import imageio.v2 as imageio  # only needed with --record
@@ -487,14 +479,12 @@ class Video:
 
 
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
-    """Play one episode with the policy, until a side has 21 points or for
-    MAX_EPISODE_STEPS steps; return it as an Episode, or None if told to stop
-    part-way. say() gets one line per point."""
+    """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps; return it
+    as an Episode, or None if told to stop part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
-    previous, game, started = None, 0, time.perf_counter()
+    previous, steps, game, started = None, [], 0, time.perf_counter()
     point_started = started
-    nnz, indices, signs, labels, rewards = [], [], [], [], []
     try:
         while True:
             if should_stop():
@@ -509,30 +499,27 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
             action = sample_action(action_probabilities(weights, changed, changed_signs), rng)
             _, reward, terminated, truncated, _ = env.step(action)
             env.ale.getScreen(screen)
-            nnz.append(len(changed))
-            indices.append(changed)
-            signs.append(changed_signs)
-            labels.append(action - 1)
-            rewards.append(reward)
+            steps.append((changed, changed_signs, action - 1, reward))
             if reward != 0:
                 now = time.perf_counter()
                 say(f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
                     + ("  !!!!!!!!" if reward > 0 else ""))
                 game, point_started = game + 1, now
-            if terminated or truncated or len(labels) == MAX_EPISODE_STEPS:
+            if terminated or truncated or len(steps) == MAX_EPISODE_STEPS:
                 if video is not None:
                     video.add(env.ale.getScreenRGB())
                 break
     finally:
         if video is not None:
             video.close()
-    return Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
+    indices, signs, labels, rewards = zip(*steps)
+    return Episode(number, np.array([len(i) for i in indices], np.int16), np.concatenate(indices), np.concatenate(signs),
                    np.array(labels, np.int8), np.array(rewards, np.int8), time.perf_counter() - started)
 
 
 def seeds(*entropy):
-    """An emulator seed and an action-sampling generator from (seed, ...):
-    a resumed run draws fresh numbers instead of replaying the first run's."""
+    """An emulator seed and an action-sampling generator from (seed, first episode, ...): a resumed run draws
+    fresh numbers instead of replaying the first run's."""
     sequence = np.random.SeedSequence(list(entropy))
     return int(sequence.generate_state(1)[0]), np.random.default_rng(sequence)
 
@@ -547,8 +534,9 @@ class LocalPlayer:
 
     def play(self, weights, numbers, say, should_stop):
         for number in numbers:
-            episode = play_episode(self.env, weights, self.rng, number, say, should_stop,
-                                   self.recording.open(number) if self.recording else None)
+            path = self.recording and self.recording.path(number)
+            video = path and Video(path, self.recording.scale, self.recording.gif_steps)
+            episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
             if episode is None:
                 return
             yield episode
@@ -558,23 +546,20 @@ class LocalPlayer:
 
 
 def worker_main(connection, trainer_ends, entropy, recording):
-    """A worker process: plays the episodes it is sent with the weights it was
-    last sent, and sends back point lines and finished episodes. It ends when
-    the trainer has gone, however it went: then its next recv or send fails."""
-    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to
-    # handle: it saves, then stops the workers itself.
+    """A worker process: plays the episodes it is sent with the weights it was last sent, and sends back point
+    lines and finished episodes. It ends when the trainer has gone, however: its next recv or send fails."""
+    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
         end.close()
     try:
-        player = LocalPlayer(entropy, None, recording)
-        weights = None
+        player, weights = LocalPlayer(entropy, None, recording), None
         while True:
             kind, payload = connection.recv()
             if kind == "weights":
                 weights = payload
-            elif kind == "play":
+            else:  # "play", an episode's number
                 for episode in player.play(weights, [payload], lambda line: connection.send(("line", line)),
                                            lambda: False):
                     connection.send(("episode", episode))
@@ -586,14 +571,13 @@ def worker_main(connection, trainer_ends, entropy, recording):
 
 
 class WorkerPool:
-    """--envs K > 1: K worker processes play a batch's episodes concurrently,
-    each whole episode in one process, all with the same weights."""
+    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in one
+    process, all with the same weights."""
 
     def __init__(self, count, entropy, recording=None):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
-        self.connections, self.processes, self.playing = [], [], {}
-        self.recording = recording
+        self.connections, self.processes, self.playing, self.recording = [], [], {}, recording
         for i in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(target=worker_main, daemon=True, args=(
@@ -604,13 +588,11 @@ class WorkerPool:
             self.processes.append(process)
 
     def play(self, weights, numbers, say, should_stop):
-        """Yield the episodes in order of number, whichever worker finishes
-        first. The log reads as if they were played one after another: the
-        oldest unfinished episode's point lines are said as they come, later
-        episodes' lines are held until it is their turn."""
+        """Yield the episodes in order of number, whichever worker finishes first. The log reads as if they were
+        played in turn: the oldest unfinished episode's point lines are said as they come, later ones' held."""
         for connection in self.connections:
             connection.send(("weights", weights))
-        todo, idle, busy, finished, held = list(numbers), list(self.connections), set(), {}, {}
+        todo, idle, finished, held = list(numbers), list(self.connections), {}, {}
         for number in numbers:
             for line in held.pop(number, []):
                 say(line)
@@ -619,27 +601,22 @@ class WorkerPool:
                     connection = idle.pop()
                     self.playing[connection] = todo.pop(0)
                     connection.send(("play", self.playing[connection]))
-                    busy.add(connection)
                 if should_stop():
                     return
-                for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
+                for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
                     try:
                         kind, payload = connection.recv()
                     except EOFError:
                         raise WorkerError("an episode worker process died (killed from outside?)") from None
                     if kind == "error":
                         raise WorkerError(f"an episode worker process failed: {payload}")
-                    if kind == "line":
-                        owner = self.playing[connection]
-                        if owner == number:
-                            say(payload)
-                        else:
-                            held.setdefault(owner, []).append(payload)
+                    if kind == "line" and self.playing[connection] == number:
+                        say(payload)
+                    elif kind == "line":
+                        held.setdefault(self.playing[connection], []).append(payload)
                     else:
-                        busy.discard(connection)
                         idle.append(connection)
-                        del self.playing[connection]
-                        finished[payload.number] = payload
+                        finished[self.playing.pop(connection)] = payload
             yield finished.pop(number)
 
     def close(self):
@@ -648,8 +625,7 @@ class WorkerPool:
             process.kill()
             process.join()
         for number in self.playing.values():  # unfinished episodes leave no broken videos
-            path = self.recording.path(number) if self.recording else None
-            if path and os.path.exists(path):
+            if self.recording and (path := self.recording.path(number)) and os.path.exists(path):
                 os.remove(path)
 
 
@@ -673,26 +649,21 @@ def stop_flag():
 
 
 def read_progress(path):
-    """progress.csv's whole, well-formed rows; one line says how many others
-    were skipped (a hard kill may leave a torn last row, without its line end)."""
+    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
+    well-formed: an episode number, finite numbers, a wall time. One line says how many others were skipped."""
     with open(path, newline="", errors="replace") as f:  # bytes that are not UTF-8 make their row malformed
-        lines = f.read().splitlines(keepends=True)
-    rows = [row for row in map(progress_row, lines[1:]) if row is not None]
-    if len(lines) - 1 > len(rows):
-        print(f"{path}: skipped {len(lines) - 1 - len(rows)} torn or malformed rows")
+        lines = f.read().splitlines(keepends=True)[1:]
+    rows = []
+    for line in lines:
+        with contextlib.suppress(csv.Error, StopIteration, ValueError):
+            row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
+            datetime.datetime.fromisoformat(row["wall_time"])
+            numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
+            if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite:
+                rows.append(row)
+    if len(lines) > len(rows):
+        print(f"{path}: skipped {len(lines) - len(rows)} torn or malformed rows")
     return rows
-
-
-def progress_row(line):
-    """A line of progress.csv as a row, or None unless it is whole and every
-    field is there: an episode number, finite numbers, a wall time."""
-    try:
-        row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
-        datetime.datetime.fromisoformat(row["wall_time"])
-        numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
-        return row if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite else None
-    except (csv.Error, StopIteration, ValueError):
-        return None
 
 
 class ProgressLog:
@@ -759,9 +730,8 @@ def writable_directory(path, purpose):
 
 
 def lock_folder(directory):
-    """One training run per folder: a lock on directory/.lock, which the
-    kernel releases when this process ends, however it ends. A POSIX record
-    lock (lockf), because forked workers do not inherit it."""
+    """One training run per folder: a lock on directory/.lock, which the kernel releases when this process ends,
+    however it ends. A POSIX record lock (lockf), because forked workers do not inherit it."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock (see README)
@@ -791,8 +761,8 @@ RESTART = ".restart"  # a --restart's new run lives in this subfolder until its 
 
 
 def finish_restart(directory, checkpoint_name):
-    """Complete a --restart whose first save was under way (it had marked its
-    folder 'saved'), or drop one that never saved: the old run stays whole."""
+    """Complete a --restart whose first save was under way (it marked its folder 'saved'), or drop one that never
+    saved: the old run stays whole."""
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
@@ -941,8 +911,8 @@ def train(args):
 # --- Watching --------------------------------------------------------------
 
 def wilson_interval(successes, trials, z=1.96):
-    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n),
-    it stays within [0, 1] and does not shrink to a point at 0 of n or n of n."""
+    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n), it stays within [0, 1] and does
+    not shrink to a point at 0 of n or n of n."""
     if trials == 0:
         return 0.0, 1.0
     share, spread = successes / trials, z * z / trials
@@ -979,8 +949,8 @@ def play(args):
 
 
 def progress_columns(directory):
-    """A model folder's progress.csv as columns of numbers, with the hours of
-    training since episode 0 (a gap of 2 minutes or more between two episodes is a stop, not counted)."""
+    """A model folder's progress.csv as columns of numbers, with the hours of training since episode 0 (a gap of
+    2 minutes or more between two episodes is a stop, not counted)."""
     source = os.path.join(directory, "progress.csv")
     try:
         rows = read_progress(source)
@@ -1011,8 +981,8 @@ MILESTONES = (5000, 10000, 15000, 20000, 30000, 40000)
 
 
 def seed_groups(folders):
-    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are
-    one setting, drawn as their mean and spread; any other folder is its own."""
+    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are one setting, drawn as their mean and
+    spread; any other folder is its own."""
     groups = {}
     for folder in folders:
         seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
@@ -1021,9 +991,8 @@ def seed_groups(folders):
 
 
 def plot(args):
-    """--plot [DIR ...]: the learning curves of one or several model folders in
-    one figure, learning_curve.png in the folder (or the folder holding them
-    all), and for each a table of the shares won before each milestone."""
+    """--plot [DIR ...]: the learning curves of model folders in one figure, learning_curve.png in the folder
+    (or the one holding them all), and for each a table of the shares won before each milestone."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1036,7 +1005,7 @@ def plot(args):
         length = min(len(runs[folder]["episode"]) for folder in group)
         episodes = runs[group[0]]["episode"][:length]
         if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(episodes, runs[name]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+            top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
         means = np.array([runs[folder]["running_mean"][:length] for folder in group])
         points = np.array([shares[folder][0][:length - window + 1] for folder in group])
         label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
@@ -1061,16 +1030,11 @@ def plot(args):
     if last >= 30000:
         bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
         bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.axhline(0, color="grey", linewidth=0.8)
-    top.set_ylim(-21.5, 21.5)
-    top.set_ylabel("reward (points won - lost)")
-    top.legend(loc="upper left")
-    top.set_title("Pong from pixels: " + ", ".join(folders))
-    bottom.axhline(50, color="grey", linewidth=0.8)
-    bottom.legend(loc="upper left")
-    bottom.set_ylim(0, 100)
-    bottom.set_ylabel(f"% of points won\n(last {window} episodes)")
-    bottom.set_xlabel("episode")
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(folders))
+    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
+    for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
+        axis.axhline(even, color="grey", linewidth=0.8)
+        axis.legend(loc="upper left")
     figure.tight_layout()
     output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
     figure.savefig(output, dpi=100)
@@ -1100,13 +1064,6 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad flags get one line, not argparse's usage block."""
-
-    def error(self, message):
-        fail(f"{message} (see --help)")
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help: a flag's default where it has one; the examples kept as written."""
 
@@ -1117,8 +1074,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def parse_args(argv=None):
-    parser = OneLineErrors(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
-                           epilog="examples:\n" + __doc__.split("\n\n")[-1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
+                                     epilog="examples:\n" + __doc__.split("\n\n")[-1])
+    parser.error = lambda message: fail(f"{message} (see --help)")  # bad flags: one line, not a usage block
     flag = parser.add_argument
     flag("--render", action="store_true", default=render,
          help="show the game in a window (needs a display; implies --envs 1)")
@@ -1159,8 +1117,7 @@ def parse_args(argv=None):
         parser.error("--resume and --restart are opposites: choose one")
     episodes_at_once = args.play or args.batch_size
     if args.envs is None:  # workers are forked: tested on Linux; macOS's libraries are unsafe to fork
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        args.envs = min(cores, episodes_at_once) if sys.platform.startswith("linux") else 1
+        args.envs = min(len(os.sched_getaffinity(0)), episodes_at_once) if sys.platform.startswith("linux") else 1
     elif args.envs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         parser.error(f"--envs {args.envs} needs worker processes started by fork, which this platform lacks; "
                      "use --envs 1")
