@@ -333,22 +333,19 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending, sett
     file, then os.replace). Non-finite weights are refused: the last good file stays."""
     if not finite(model.trainable_weights):
         raise NonFiniteError("the weights are not finite (NaN or infinity) and were not saved")
-    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
-    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
-    arrays.update({f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()})
-    hidden_w = model.get_layer("hidden").W
-    arrays.update({
-        "state/format": np.int64(CHECKPOINT_FORMAT),
-        "state/episode": np.int64(episode),
-        "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
-        "config/input_size": np.int64(hidden_w.shape[0]),
-        "config/hidden": np.int64(hidden_w.shape[1]),
-    })
-    batch = concatenate(pending)
-    arrays.update({"pending/steps": np.array([e.steps for e in pending], np.int64),
-                   "pending/numbers": np.array([e.number for e in pending], np.int64),
-                   "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
-                   "pending/labels": batch.labels, "pending/rewards": batch.rewards})
+    hidden_w, batch = model.get_layer("hidden").W, concatenate(pending)
+    arrays = {**{weight_key(w): w.numpy() for w in model.trainable_weights},
+              **{name: v.numpy() for name, v in mean_squares(optimizer, model).items()},
+              **{f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()},
+              "state/format": np.int64(CHECKPOINT_FORMAT),
+              "state/episode": np.int64(episode),
+              "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
+              "config/input_size": np.int64(hidden_w.shape[0]),
+              "config/hidden": np.int64(hidden_w.shape[1]),
+              "pending/steps": np.array([e.steps for e in pending], np.int64),
+              "pending/numbers": np.array([e.number for e in pending], np.int64),
+              "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
+              "pending/labels": batch.labels, "pending/rewards": batch.rewards}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
