@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -58,8 +59,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through
-    absl before it is initialised, which TF_CPP_MIN_LOG_LEVEL cannot stop."""
+    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -115,21 +115,15 @@ BACKGROUND = (34, 228)  # Pong's two background colours, as palette indices
 
 
 def prepro(screen):
-    """210x160 screen of palette indices -> 6400 bools: True where something is drawn.
-
-    Crop the playing field, keep every 2nd row and column, and erase the two
-    background colours. The tutorial does this on the RGB frame, erasing red
-    144 and 109: those are these two colours' reds and no other Pong colour's
-    (a test checks it on thousands of real frames), and reading the emulator's
-    palette indices skips its RGB conversion, ~15% of a step."""
+    """210x160 screen of palette indices -> 6400 bools: True where something is drawn. The tutorial's crop,
+    every 2nd row and column, and its two background reds (144, 109), which are these two colours'."""
     field = screen[35:195:2, ::2].copy()  # contiguous, the comparisons run faster
     return ((field != BACKGROUND[0]) & (field != BACKGROUND[1])).ravel()
 
 
 def diff_frame(current, previous):
-    """What moved, sparsely: the indices (int16) of the pixels that changed
-    since the previous frame and the signs (int8) of current - previous. A
-    difference frame is ~99.7% zeros; on an episode's first step it is all zeros."""
+    """What moved, sparsely (~99.7% of a difference frame is 0): the indices (int16) of the pixels that changed
+    and the signs (int8) of current - previous. None on an episode's first step."""
     if previous is None:
         return np.zeros(0, np.int16), np.zeros(0, np.int8)
     changed = (current != previous).nonzero()[0]
@@ -138,8 +132,7 @@ def diff_frame(current, previous):
 
 # --- Policy ----------------------------------------------------------------
 
-# --init: the tutorial's Xavier/Glorot-uniform, and the usual others. The
-# truncated normal is TensorLayer's own default for Dense layers.
+# --init: the tutorial's Xavier/Glorot-uniform, and the usual others; the truncated normal is TensorLayer's default.
 INITIALISERS = {
     "glorot-uniform": tf.keras.initializers.GlorotUniform,
     "glorot-normal": tf.keras.initializers.GlorotNormal,
@@ -175,16 +168,9 @@ def weight_key(weight):
     return weight.name.split(":")[0]
 
 
-def policy_arrays(model):
-    """Numpy copies of [hidden W, hidden b, output W, output b] for acting."""
-    return [w.numpy() for w in model.trainable_weights]
-
-
 def action_probabilities(weights, changed, signs):
-    """Softmax of the policy for one sparse difference frame, in numpy.
-
-    The same layers as the TensorLayer model, but summing the ~20 rows of the
-    hidden weights that the frame selects instead of multiplying 6400 zeros."""
+    """Softmax of the policy for one sparse difference frame, in numpy: the model's layers, summing the ~20
+    rows of the hidden weights that the frame selects instead of multiplying 6400 zeros."""
     hidden_w, hidden_b, output_w, output_b = weights
     activations = hidden_b + signs.astype(np.float32) @ hidden_w.take(changed, axis=0)
     logits = np.maximum(activations, 0, out=activations) @ output_w + output_b
@@ -194,12 +180,8 @@ def action_probabilities(weights, changed, signs):
 
 def sample_action(probs, rng):
     """Draw STOP, UP or DOWN with the policy's probabilities."""
-    u = rng.random()
-    if u < probs[0]:
-        return ACTIONS[0]
-    if u < probs[0] + probs[1]:
-        return ACTIONS[1]
-    return ACTIONS[2]
+    u = rng.random()  # the first action whose cumulative probability exceeds u (int: numpy bools do not subtract)
+    return ACTIONS[2 - int(u < probs[0]) - int(u < probs[0] + probs[1])]
 
 
 # --- Returns and the update ------------------------------------------------
@@ -217,9 +199,8 @@ def standardise(returns):
 
 
 def batch_returns(episodes, gamma_value):
-    """Each step's discounted return, standardised over the batch. An episode
-    cut at MAX_EPISODE_STEPS ends in a point never decided: its steps get 0,
-    no credit either way, and are left out of the mean and deviation."""
+    """Each step's discounted return, standardised over the batch. The undecided last point of an episode cut at
+    MAX_EPISODE_STEPS: its steps get 0, no credit either way, and are left out of the mean and deviation."""
     returns = np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes])
     decided = np.concatenate([np.arange(e.steps) <= np.flatnonzero(e.rewards).max(initial=-1) for e in episodes])
     standardised = np.zeros_like(returns)
@@ -232,9 +213,8 @@ def finite(tensors):
 
 
 def sparse_product(frames, weights):
-    """frames @ weights for a CSR matrix of frames. The gradient goes to the
-    weights alone (frames^T @ upstream): TensorFlow's own would also build
-    one for the frames, which are data."""
+    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone (frames^T @ upstream):
+    TensorFlow's own would also build one for the frames, which are data."""
     @tf.custom_gradient
     def product(w):
         return csr.sparse_matrix_mat_mul(frames, w), \
@@ -243,8 +223,7 @@ def sparse_product(frames, weights):
 
 
 def sparse_logits(model, indices, signs, n_steps):
-    """The policy's logits for n_steps difference frames given sparsely as
-    (step, pixel) indices and their signs: the TensorLayer model's layers,
+    """The model's logits for n_steps difference frames given as (step, pixel) indices and signs: its layers,
     with a sparse product in the first."""
     hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
     dense_shape = tf.stack([tf.cast(n_steps, tf.int64), hidden_layer.W.shape[0]])
@@ -269,9 +248,8 @@ def make_gradient_fn(model):
 
 @dataclasses.dataclass
 class Episode:
-    """One played episode, stored compactly: per step, the indices and signs
-    of the pixels that changed (end to end for all steps), the action's label
-    and the reward."""
+    """One played episode, compactly: per step the changed pixels (their indices and signs end to end for all
+    steps), the action's label and the reward."""
     number: int
     nnz: np.ndarray  # changed pixels per step, int16
     indices: np.ndarray  # int16, sum(nnz) of them
@@ -306,8 +284,7 @@ def concatenate(episodes):
 
 
 def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_steps=UPDATE_CHUNK_STEPS):
-    """One RMSProp step on the batch. The loss is a sum over steps, so the
-    gradient is accumulated chunk by chunk: exact, in bounded memory."""
+    """One RMSProp step on the batch. The loss sums over steps, so chunks' gradients add up: exact, in bounded memory."""
     returns = batch_returns(episodes, gamma_value)
     batch = concatenate(episodes)
     row_ends = np.cumsum(batch.nnz, dtype=np.int64)
@@ -329,10 +306,8 @@ def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_st
 
 
 def make_optimizer(model, learning_rate_value, decay_rate_value):
-    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras'
-    RMSprop: its mean square starts at 1 and its epsilon is 1e-10, so the first
-    hundred or so updates take steps of about lr * g. Keras starts at 0, which
-    makes them about 10 * lr * sign(g) whatever the size of g."""
+    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras' RMSprop: its mean square starts at 1,
+    not 0, so the first updates step by about lr * g, not 10 * lr * sign(g) (docs/how-it-works.md)."""
     optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate_value, decay=decay_rate_value)
     # Its slots appear at the first apply_gradients. A zero gradient creates
     # them without moving any weight; the mean square then goes back to 1.
@@ -343,9 +318,8 @@ def make_optimizer(model, learning_rate_value, decay_rate_value):
 
 
 def mean_squares(optimizer, model):
-    """RMSProp's state by checkpoint name: each weight's running mean square of
-    its gradient. (Its other slot, momentum, holds only the last step taken:
-    with momentum 0 it never enters the next one.)"""
+    """RMSProp's state by checkpoint name: each weight's mean square of its gradient. (Its other slot, momentum,
+    holds only the last step: with momentum 0 it never enters the next one.)"""
     return {"mean_square/" + weight_key(w): optimizer.get_slot(w, "rms") for w in model.trainable_weights}
 
 
@@ -355,27 +329,23 @@ SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept in a c
 
 
 def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
-    """Write weights, RMSProp state, counters, the settings it was trained
-    with and the unfinished batch to path atomically: a temporary file, then
-    os.replace. Non-finite weights are refused: the last good file stays."""
+    """Write weights, RMSProp state, counters, settings and the unfinished batch to path atomically (a temporary
+    file, then os.replace). Non-finite weights are refused: the last good file stays."""
     if not finite(model.trainable_weights):
         raise NonFiniteError("the weights are not finite (NaN or infinity) and were not saved")
-    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
-    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
-    arrays.update({f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()})
-    hidden_w = model.get_layer("hidden").W
-    arrays.update({
-        "state/format": np.int64(CHECKPOINT_FORMAT),
-        "state/episode": np.int64(episode),
-        "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
-        "config/input_size": np.int64(hidden_w.shape[0]),
-        "config/hidden": np.int64(hidden_w.shape[1]),
-    })
-    batch = concatenate(pending)
-    arrays.update({"pending/steps": np.array([e.steps for e in pending], np.int64),
-                   "pending/numbers": np.array([e.number for e in pending], np.int64),
-                   "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
-                   "pending/labels": batch.labels, "pending/rewards": batch.rewards})
+    hidden_w, batch = model.get_layer("hidden").W, concatenate(pending)
+    arrays = {**{weight_key(w): w.numpy() for w in model.trainable_weights},
+              **{name: v.numpy() for name, v in mean_squares(optimizer, model).items()},
+              **{f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()},
+              "state/format": np.int64(CHECKPOINT_FORMAT),
+              "state/episode": np.int64(episode),
+              "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
+              "config/input_size": np.int64(hidden_w.shape[0]),
+              "config/hidden": np.int64(hidden_w.shape[1]),
+              "pending/steps": np.array([e.steps for e in pending], np.int64),
+              "pending/numbers": np.array([e.number for e in pending], np.int64),
+              "pending/nnz": batch.nnz, "pending/indices": batch.indices, "pending/signs": batch.signs,
+              "pending/labels": batch.labels, "pending/rewards": batch.rewards}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
@@ -429,9 +399,8 @@ def restore(arrays, model, optimizer):
     """Assign a read checkpoint; return (episode, running mean, pending episodes)."""
     for weight in model.trainable_weights:
         weight.assign(arrays[weight_key(weight)])
-    if optimizer is not None:
-        for name, mean_square in mean_squares(optimizer, model).items():
-            mean_square.assign(arrays[name])
+    for name, mean_square in mean_squares(optimizer, model).items():
+        mean_square.assign(arrays[name])
     running_mean = float(arrays["state/running_mean"])
     return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending_episodes(arrays)
 
@@ -440,30 +409,26 @@ def pending_episodes(arrays):
     """Split the checkpoint's unfinished batch back into episodes."""
     if "pending/steps" not in arrays:
         return []
-    episodes, step, nz = [], 0, 0
-    for number, steps in zip(arrays["pending/numbers"], arrays["pending/steps"]):
-        nnz = arrays["pending/nnz"][step:step + steps]
-        count = int(nnz.sum())
-        episodes.append(Episode(int(number), nnz, arrays["pending/indices"][nz:nz + count],
-                                arrays["pending/signs"][nz:nz + count], arrays["pending/labels"][step:step + steps],
-                                arrays["pending/rewards"][step:step + steps]))
-        step, nz = step + steps, nz + count
-    return episodes
+    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
+    nnz = np.split(arrays["pending/nnz"], step_cuts)
+    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
+    indices, signs = (np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs"))
+    labels, rewards = (np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards"))
+    episodes = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards)
+    return [Episode(int(number), *fields) for number, *fields in episodes]
 
 
 # --- Playing ---------------------------------------------------------------
 
 def make_env(env_seed, render_mode=None):
     if render_mode == "human":
-        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes
-        # with the LLVM inside TensorFlow (a segfault); SDL's software renderer
-        # needs no GL. The game is silent, so no audio device either.
+        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes with the LLVM inside TensorFlow
+        # (a segfault); SDL's software renderer needs no GL. The game is silent, so no audio device either.
         for name, value in (("SDL_RENDER_DRIVER", "software"), ("SDL_FRAMEBUFFER_ACCELERATION", "0"),
                             ("SDL_AUDIODRIVER", "dummy")):
             os.environ.setdefault(name, value)
-    # The bare emulator env, without gymnasium's checking wrappers, and with
-    # RAM as its observation: 128 bytes, where RGB would be converted every
-    # step. prepro reads the screen's palette indices instead.
+    # The bare emulator env, without gymnasium's checking wrappers, and with RAM as its observation: 128 bytes,
+    # where RGB would be converted every step. prepro reads the screen's palette indices instead.
     env = gym.make("Pong-v0", obs_type="ram", render_mode=render_mode).unwrapped
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
@@ -471,7 +436,7 @@ def make_env(env_seed, render_mode=None):
 
 @dataclasses.dataclass
 class Recording:
-    """--record: which episodes become videos, where, and how they look."""
+    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale block."""
     directory: str
     every: int
     scale: int
@@ -481,15 +446,10 @@ class Recording:
         name = f"episode-{number:06d}.{'gif' if self.gif_steps else 'mp4'}"
         return os.path.join(self.directory, name) if number % self.every == 0 else None
 
-    def open(self, number):
-        path = self.path(number)
-        return path and Video(path, self.scale, self.gif_steps)
-
 
 class Video:
-    """One frame per agent step, each pixel a scale x scale block (np.repeat:
-    sharp, no blur): an MP4 at 30 frames a second, or a GIF, which is assembled
-    in memory (about 1.5 MB a frame at scale 3) and so keeps the first `limit`."""
+    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30 frames a second,
+    or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the first `limit` frames only."""
 
     def __init__(self, path, scale, limit=None):
         import imageio.v2 as imageio  # only needed with --record
@@ -516,14 +476,12 @@ class Video:
 
 
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
-    """Play one episode with the policy, until a side has 21 points or for
-    MAX_EPISODE_STEPS steps; return it as an Episode, or None if told to stop
-    part-way. say() gets one line per point."""
+    """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps; return it
+    as an Episode, or None if told to stop part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
-    previous, game, started = None, 0, time.perf_counter()
+    previous, steps, game, started = None, [], 0, time.perf_counter()
     point_started = started
-    nnz, indices, signs, labels, rewards = [], [], [], [], []
     try:
         while True:
             if should_stop():
@@ -538,30 +496,27 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
             action = sample_action(action_probabilities(weights, changed, changed_signs), rng)
             _, reward, terminated, truncated, _ = env.step(action)
             env.ale.getScreen(screen)
-            nnz.append(len(changed))
-            indices.append(changed)
-            signs.append(changed_signs)
-            labels.append(action - 1)
-            rewards.append(reward)
+            steps.append((changed, changed_signs, action - 1, reward))
             if reward != 0:
                 now = time.perf_counter()
                 say(f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
                     + ("  !!!!!!!!" if reward > 0 else ""))
                 game, point_started = game + 1, now
-            if terminated or truncated or len(labels) == MAX_EPISODE_STEPS:
+            if terminated or truncated or len(steps) == MAX_EPISODE_STEPS:
                 if video is not None:
                     video.add(env.ale.getScreenRGB())
                 break
     finally:
         if video is not None:
             video.close()
-    return Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
+    indices, signs, labels, rewards = zip(*steps)
+    return Episode(number, np.array([len(i) for i in indices], np.int16), np.concatenate(indices), np.concatenate(signs),
                    np.array(labels, np.int8), np.array(rewards, np.int8), time.perf_counter() - started)
 
 
 def seeds(*entropy):
-    """An emulator seed and an action-sampling generator from (seed, ...):
-    a resumed run draws fresh numbers instead of replaying the first run's."""
+    """An emulator seed and an action-sampling generator from (seed, first episode, ...): a resumed run draws
+    fresh numbers instead of replaying the first run's."""
     sequence = np.random.SeedSequence(list(entropy))
     return int(sequence.generate_state(1)[0]), np.random.default_rng(sequence)
 
@@ -576,8 +531,9 @@ class LocalPlayer:
 
     def play(self, weights, numbers, say, should_stop):
         for number in numbers:
-            episode = play_episode(self.env, weights, self.rng, number, say, should_stop,
-                                   self.recording.open(number) if self.recording else None)
+            path = self.recording and self.recording.path(number)
+            video = path and Video(path, self.recording.scale, self.recording.gif_steps)
+            episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
             if episode is None:
                 return
             yield episode
@@ -587,23 +543,20 @@ class LocalPlayer:
 
 
 def worker_main(connection, trainer_ends, entropy, recording):
-    """A worker process: plays the episodes it is sent with the weights it was
-    last sent, and sends back point lines and finished episodes. It ends when
-    the trainer has gone, however it went: then its next recv or send fails."""
-    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to
-    # handle: it saves, then stops the workers itself.
+    """A worker process: plays the episodes it is sent with the weights it was last sent, and sends back point
+    lines and finished episodes. It ends when the trainer has gone, however: its next recv or send fails."""
+    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
         end.close()
     try:
-        player = LocalPlayer(entropy, None, recording)
-        weights = None
+        player, weights = LocalPlayer(entropy, None, recording), None
         while True:
             kind, payload = connection.recv()
             if kind == "weights":
                 weights = payload
-            elif kind == "play":
+            else:  # "play", an episode's number
                 for episode in player.play(weights, [payload], lambda line: connection.send(("line", line)),
                                            lambda: False):
                     connection.send(("episode", episode))
@@ -615,14 +568,13 @@ def worker_main(connection, trainer_ends, entropy, recording):
 
 
 class WorkerPool:
-    """--envs K > 1: K worker processes play a batch's episodes concurrently,
-    each whole episode in one process, all with the same weights."""
+    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in one
+    process, all with the same weights."""
 
     def __init__(self, count, entropy, recording=None):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
-        self.connections, self.processes, self.playing = [], [], {}
-        self.recording = recording
+        self.connections, self.processes, self.playing, self.recording = [], [], {}, recording
         for i in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(target=worker_main, daemon=True, args=(
@@ -633,13 +585,11 @@ class WorkerPool:
             self.processes.append(process)
 
     def play(self, weights, numbers, say, should_stop):
-        """Yield the episodes in order of number, whichever worker finishes
-        first. The log reads as if they were played one after another: the
-        oldest unfinished episode's point lines are said as they come, later
-        episodes' lines are held until it is their turn."""
+        """Yield the episodes in order of number, whichever worker finishes first. The log reads as if they were
+        played in turn: the oldest unfinished episode's point lines are said as they come, later ones' held."""
         for connection in self.connections:
             connection.send(("weights", weights))
-        todo, idle, busy, finished, held = list(numbers), list(self.connections), set(), {}, {}
+        todo, idle, finished, held = list(numbers), list(self.connections), {}, {}
         for number in numbers:
             for line in held.pop(number, []):
                 say(line)
@@ -648,27 +598,22 @@ class WorkerPool:
                     connection = idle.pop()
                     self.playing[connection] = todo.pop(0)
                     connection.send(("play", self.playing[connection]))
-                    busy.add(connection)
                 if should_stop():
                     return
-                for connection in multiprocessing.connection.wait(list(busy), timeout=0.2):
+                for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
                     try:
                         kind, payload = connection.recv()
                     except EOFError:
                         raise WorkerError("an episode worker process died (killed from outside?)") from None
                     if kind == "error":
                         raise WorkerError(f"an episode worker process failed: {payload}")
-                    if kind == "line":
-                        owner = self.playing[connection]
-                        if owner == number:
-                            say(payload)
-                        else:
-                            held.setdefault(owner, []).append(payload)
+                    if kind == "line" and self.playing[connection] == number:
+                        say(payload)
+                    elif kind == "line":
+                        held.setdefault(self.playing[connection], []).append(payload)
                     else:
-                        busy.discard(connection)
                         idle.append(connection)
-                        del self.playing[connection]
-                        finished[payload.number] = payload
+                        finished[self.playing.pop(connection)] = payload
             yield finished.pop(number)
 
     def close(self):
@@ -677,8 +622,7 @@ class WorkerPool:
             process.kill()
             process.join()
         for number in self.playing.values():  # unfinished episodes leave no broken videos
-            path = self.recording.path(number) if self.recording else None
-            if path and os.path.exists(path):
+            if self.recording and (path := self.recording.path(number)) and os.path.exists(path):
                 os.remove(path)
 
 
@@ -692,43 +636,31 @@ def make_player(args, first_episode, record_every_value):
 
 # --- Training --------------------------------------------------------------
 
-class StopFlag:
-    """Set by Ctrl-C or SIGTERM; the loops check it at safe points, so a
-    checkpoint is never written half-way through an update."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self.request)
-        signal.signal(signal.SIGTERM, self.request)
-
-    def request(self, signum, frame):
-        self.requested = True
-
-    def __call__(self):
-        return self.requested
+def stop_flag():
+    """From now on Ctrl-C and SIGTERM only set a flag; returns its test. The loops check it at safe
+    points, so a checkpoint is never written half-way through an update."""
+    requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: requested.set())
+    return requested.is_set
 
 
 def read_progress(path):
-    """progress.csv's whole, well-formed rows; one line says how many others
-    were skipped (a hard kill may leave a torn last row, without its line end)."""
+    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
+    well-formed: an episode number, finite numbers, a wall time. One line says how many others were skipped."""
     with open(path, newline="", errors="replace") as f:  # bytes that are not UTF-8 make their row malformed
-        lines = f.read().splitlines(keepends=True)
-    rows = [row for row in map(progress_row, lines[1:]) if row is not None]
-    if len(lines) - 1 > len(rows):
-        print(f"{path}: skipped {len(lines) - 1 - len(rows)} torn or malformed rows")
+        lines = f.read().splitlines(keepends=True)[1:]
+    rows = []
+    for line in lines:
+        with contextlib.suppress(csv.Error, StopIteration, ValueError):
+            row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
+            datetime.datetime.fromisoformat(row["wall_time"])
+            numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
+            if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite:
+                rows.append(row)
+    if len(lines) > len(rows):
+        print(f"{path}: skipped {len(lines) - len(rows)} torn or malformed rows")
     return rows
-
-
-def progress_row(line):
-    """A line of progress.csv as a row, or None unless it is whole and every
-    field is there: an episode number, finite numbers, a wall time."""
-    try:
-        row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
-        datetime.datetime.fromisoformat(row["wall_time"])
-        numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
-        return row if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite else None
-    except (csv.Error, StopIteration, ValueError):
-        return None
 
 
 class ProgressLog:
@@ -795,9 +727,8 @@ def writable_directory(path, purpose):
 
 
 def lock_folder(directory):
-    """One training run per folder: a lock on directory/.lock, which the
-    kernel releases when this process ends, however it ends. A POSIX record
-    lock (lockf), because forked workers do not inherit it."""
+    """One training run per folder: a lock on directory/.lock, which the kernel releases when this process ends,
+    however it ends. A POSIX record lock (lockf), because forked workers do not inherit it."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock (see README)
@@ -827,8 +758,8 @@ RESTART = ".restart"  # a --restart's new run lives in this subfolder until its 
 
 
 def finish_restart(directory, checkpoint_name):
-    """Complete a --restart whose first save was under way (it had marked its
-    folder 'saved'), or drop one that never saved: the old run stays whole."""
+    """Complete a --restart whose first save was under way (it marked its folder 'saved'), or drop one that never
+    saved: the old run stays whole."""
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
@@ -877,7 +808,7 @@ def apply_update(model, optimizer, gradient_fn, batch, gamma_value):
 
 
 def train(args):
-    stop = StopFlag()  # from here on Ctrl-C only asks to stop: nothing is half-done by it
+    stop = stop_flag()
     path = checkpoint_path(args)
     directory = os.path.dirname(path) or "."
     restart_left = os.path.isdir(os.path.join(directory, RESTART))  # by a run killed during its first save
@@ -941,7 +872,7 @@ def train(args):
         while not stop() and (last_episode is None or episode < last_episode):
             batch_end = (episode // args.batch_size + 1) * args.batch_size
             numbers = range(episode, batch_end if last_episode is None else min(batch_end, last_episode))
-            for done in player.play(policy_arrays(model), numbers, print, stop):
+            for done in player.play([w.numpy() for w in model.trainable_weights], numbers, print, stop):
                 running_mean = done.reward if running_mean is None else running_mean * 0.99 + done.reward * 0.01
                 print(f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}")
                 log.add(done, running_mean)
@@ -977,8 +908,8 @@ def train(args):
 # --- Watching --------------------------------------------------------------
 
 def wilson_interval(successes, trials, z=1.96):
-    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n),
-    it stays within [0, 1] and does not shrink to a point at 0 of n or n of n."""
+    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n), it stays within [0, 1] and does
+    not shrink to a point at 0 of n or n of n."""
     if trials == 0:
         return 0.0, 1.0
     share, spread = successes / trials, z * z / trials
@@ -994,7 +925,7 @@ def play(args):
         arrays = read_checkpoint(path, args.hidden)
     except CheckpointError as error:
         fail(error)
-    stop = StopFlag()
+    stop = stop_flag()
     weights = [arrays[name] for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases")]
     results = []
     player = make_player(args, 0, 1)
@@ -1015,8 +946,8 @@ def play(args):
 
 
 def progress_columns(directory):
-    """A model folder's progress.csv as columns of numbers, with the hours of
-    training since episode 0 (a gap of 2 minutes or more between two episodes is a stop, not counted)."""
+    """A model folder's progress.csv as columns of numbers, with the hours of training since episode 0 (a gap of
+    2 minutes or more between two episodes is a stop, not counted)."""
     source = os.path.join(directory, "progress.csv")
     try:
         rows = read_progress(source)
@@ -1047,8 +978,8 @@ MILESTONES = (5000, 10000, 15000, 20000, 30000, 40000)
 
 
 def seed_groups(folders):
-    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are
-    one setting, drawn as their mean and spread; any other folder is its own."""
+    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are one setting, drawn as their mean and
+    spread; any other folder is its own."""
     groups = {}
     for folder in folders:
         seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
@@ -1057,9 +988,8 @@ def seed_groups(folders):
 
 
 def plot(args):
-    """--plot [DIR ...]: the learning curves of one or several model folders in
-    one figure, learning_curve.png in the folder (or the folder holding them
-    all), and for each a table of the shares won before each milestone."""
+    """--plot [DIR ...]: the learning curves of model folders in one figure, learning_curve.png in the folder
+    (or the one holding them all), and for each a table of the shares won before each milestone."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1072,7 +1002,7 @@ def plot(args):
         length = min(len(runs[folder]["episode"]) for folder in group)
         episodes = runs[group[0]]["episode"][:length]
         if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(episodes, runs[name]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+            top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
         means = np.array([runs[folder]["running_mean"][:length] for folder in group])
         points = np.array([shares[folder][0][:length - window + 1] for folder in group])
         label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
@@ -1097,16 +1027,11 @@ def plot(args):
     if last >= 30000:
         bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
         bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.axhline(0, color="grey", linewidth=0.8)
-    top.set_ylim(-21.5, 21.5)
-    top.set_ylabel("reward (points won - lost)")
-    top.legend(loc="upper left")
-    top.set_title("Pong from pixels: " + ", ".join(folders))
-    bottom.axhline(50, color="grey", linewidth=0.8)
-    bottom.legend(loc="upper left")
-    bottom.set_ylim(0, 100)
-    bottom.set_ylabel(f"% of points won\n(last {window} episodes)")
-    bottom.set_xlabel("episode")
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(folders))
+    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
+    for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
+        axis.axhline(even, color="grey", linewidth=0.8)
+        axis.legend(loc="upper left")
     figure.tight_layout()
     output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
     figure.savefig(output, dpi=100)
@@ -1136,13 +1061,6 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad flags get one line, not argparse's usage block."""
-
-    def error(self, message):
-        fail(f"{message} (see --help)")
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help: a flag's default where it has one; the examples kept as written."""
 
@@ -1153,8 +1071,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def parse_args(argv=None):
-    parser = OneLineErrors(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
-                           epilog="examples:\n" + __doc__.split("\n\n")[-1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
+                                     epilog="examples:\n" + __doc__.split("\n\n")[-1])
+    parser.error = lambda message: fail(f"{message} (see --help)")  # bad flags: one line, not a usage block
     flag = parser.add_argument
     flag("--render", action="store_true", default=render,
          help="show the game in a window (needs a display; implies --envs 1)")
@@ -1195,8 +1114,7 @@ def parse_args(argv=None):
         parser.error("--resume and --restart are opposites: choose one")
     episodes_at_once = args.play or args.batch_size
     if args.envs is None:  # workers are forked: tested on Linux; macOS's libraries are unsafe to fork
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        args.envs = min(cores, episodes_at_once) if sys.platform.startswith("linux") else 1
+        args.envs = min(len(os.sched_getaffinity(0)), episodes_at_once) if sys.platform.startswith("linux") else 1
     elif args.envs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         parser.error(f"--envs {args.envs} needs worker processes started by fork, which this platform lacks; "
                      "use --envs 1")

@@ -152,7 +152,7 @@ def test_action_probabilities_equal_softmax_of_the_tensorlayer_model(pong):
     # non-zero biases, so that the numpy path must add them too
     model.get_layer("hidden").b.assign(rng.normal(0, 0.05, 200).astype(np.float32))
     model.get_layer("output").b.assign(np.array([0.3, -0.2, 0.1], np.float32))
-    weights = pong.policy_arrays(model)
+    weights = [w.numpy() for w in model.trainable_weights]
     frames = [random_sparse_frame(rng, count) for count in (1, 20, 20, 60, 300)]
     frames.append((np.zeros(0, np.int16), np.zeros(0, np.int8)))  # nothing moved
     for indices, signs in frames:
@@ -164,7 +164,8 @@ def test_action_probabilities_equal_softmax_of_the_tensorlayer_model(pong):
 
 
 def test_action_probabilities_of_an_empty_frame_with_zero_biases_are_uniform(pong, policy):
-    probs = pong.action_probabilities(pong.policy_arrays(policy), np.zeros(0, np.int16), np.zeros(0, np.int8))
+    weights = [w.numpy() for w in policy.trainable_weights]
+    probs = pong.action_probabilities(weights, np.zeros(0, np.int16), np.zeros(0, np.int8))
     np.testing.assert_allclose(probs, [1 / 3] * 3, rtol=1e-6)
 
 
@@ -455,7 +456,9 @@ def test_checkpoint_round_trip_without_running_mean_or_pending(pong, trained, tm
     model, optimizer = trained
     path = str(tmp_path / "ck.npz")
     pong.save_checkpoint(path, model, optimizer, 0, None, [])
-    episode, running_mean, pending = pong.restore(pong.read_checkpoint(path, 200), fresh_policy(pong), None)
+    other = fresh_policy(pong)
+    other_optimizer = pong.make_optimizer(other, 1e-4, 0.99)
+    episode, running_mean, pending = pong.restore(pong.read_checkpoint(path, 200), other, other_optimizer)
     assert (episode, running_mean, pending) == (0, None, [])
 
 
