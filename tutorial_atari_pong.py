@@ -956,7 +956,7 @@ def progress_columns(directory):
     if not rows:
         fail(f"{source} has no episodes yet")
     columns = {name: np.array([float(row[name]) for row in rows])
-               for name in ("episode", "reward", "running_mean", "points_won", "points_lost")}
+               for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")}
     times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
     gaps = np.diff(times, prepend=times[0])
     columns["hours"] = np.cumsum(np.where(gaps < 120, gaps, 0)) / 3600
@@ -971,10 +971,19 @@ def shares_won(run, window):
     return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
 
 
+def crossings(run):
+    """Where the running mean first went above 0 (beating the built-in player), and where its last stretch above 0
+    began: (first, last), episode indexes, None where there is none."""
+    above = run["running_mean"] > 0
+    below = np.flatnonzero(~above)
+    last = int(below[-1]) + 1 if below.size else 0
+    return (int(np.argmax(above)) if above.any() else None), (last if last < len(above) else None)
+
+
 # The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
 # "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
 TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
-MILESTONES = (5000, 10000, 15000, 20000, 30000, 40000)
+MILESTONE_EVERY = 5000
 
 
 def seed_groups(folders):
@@ -1016,9 +1025,13 @@ def plot(args):
         points, games = shares[folder]
         print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
               f"over the {window} episodes before each mark:")
-        for mark in [m for m in MILESTONES if m <= len(run["episode"])] + [len(run["episode"])]:
+        for mark in [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]:
             print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
                   f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours")
+        steps = np.cumsum(run["steps"])
+        for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
+            print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
+                                   f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"))
     last = max(run["episode"][-1] for run in runs.values())
     for episodes, share in TUTORIAL_CLAIMS:
         if episodes <= last:

@@ -206,13 +206,35 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     write_progress(run, [0.0] * 6000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:4] == [
+    assert lines[:6] == [
         f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark:",
         f"    5000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
         "games won  25.0%,  1.39 hours",
         f"    6000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
         "games won  25.0%,  1.67 hours",
+        "  running mean first above 0: not yet",
+        "  above 0 from then on: not yet",
         f"wrote {run / 'learning_curve.png'}"]
+
+
+def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stayed(pong, tmp_path, capsys):
+    """Each row of write_progress plays 1,000 agent steps, one second apart."""
+    run = tmp_path / "run"
+    times = [f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}" for i in range(3600)]
+    means = [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600  # above 0 at 1000, for good from 2000
+    write_progress(run, means, [10] * 3600, times)
+    pong.plot(pong.parse_args(["--plot", str(run)]))
+    assert capsys.readouterr().out.splitlines()[-3:-1] == [
+        f"  running mean first above 0: episode 1000, after 1.0 million agent steps and {1000 / 3600:.2f} hours "
+        "(2600 episodes ago)",
+        f"  above 0 from then on: episode 2000, after 2.0 million agent steps and {2000 / 3600:.2f} hours "
+        "(1600 episodes ago)"]
+
+
+@pytest.mark.parametrize("means, expected", [([-1.0, 1.0, -1.0, 1.0, 1.0], (1, 3)), ([1.0, 1.0], (0, 0)),
+                                             ([-1.0, 0.0], (None, None)), ([1.0, -1.0], (0, None))])
+def test_crossings_of_0_by_the_running_mean(pong, means, expected):
+    assert pong.crossings({"running_mean": np.array(means)}) == expected
 
 
 def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, capsys):
