@@ -606,13 +606,14 @@ def draw_report(optuna_study, all_trials, folder):
     scored = [t for t in all_trials if "mean_reward" in t.user_attrs and "learning_rate" in t.params]
     colours = matplotlib.colormaps["viridis"]
     norm = matplotlib.colors.Normalize(*DECAY_RATE)
-    for t in scored:
+    for rank, t in enumerate(sorted(scored, key=lambda t: t.params["learning_rate"])):
         pruned = t.state == TrialState.PRUNED
         left.scatter(t.params["learning_rate"], t.user_attrs["mean_reward"], s=60,
                      marker=markers.get(t.params["init"], "x"), color=colours(norm(t.params["decay_rate"])),
-                     alpha=0.4 if pruned else 1.0, edgecolors="red" if pruned else "black")
+                     alpha=0.4 if pruned else 0.75, edgecolors="red" if pruned else "black")
+        # neighbours in learning rate take turns above and below, so that close settings keep legible numbers
         left.annotate(str(t.number), (t.params["learning_rate"], t.user_attrs["mean_reward"]), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")
+                      xytext=(5, 5 if rank % 2 == 0 else -11), textcoords="offset points")
     left.set_xscale("log")
     left.set_xlim(*LEARNING_RATE)
     left.set_xlabel("learning rate")
@@ -627,7 +628,8 @@ def draw_report(optuna_study, all_trials, folder):
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
             right.plot(steps, [t.intermediate_values[s] for s in steps], "--" if t.state == TrialState.PRUNED
-                       else "-", marker=".", label=f"{t.number} ({t.state.name.lower()})")
+                       else "-", marker=".", color=matplotlib.colormaps["tab20"](t.number % 20),
+                       label=f"{t.number} ({t.state.name.lower()})")
     right.set_xlabel("episode")
     right.set_ylabel("the seeds' mean running mean (reported to the pruner)")
     right.set_title("trials as they trained (pruned: dashed)")
