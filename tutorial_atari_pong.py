@@ -1024,10 +1024,13 @@ def plot(args):
     for folder, run in runs.items():
         points, games = shares[folder]
         print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
-              f"over the {window} episodes before each mark:")
-        for mark in [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]:
+              f"over the {window} episodes before each mark, and over all since the mark before:")
+        marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
+        for start, mark in zip([0, *marks], marks):
+            block = [share[0] for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)]
             print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
-                  f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours")
+                  f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
+                  f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%")
         steps = np.cumsum(run["steps"])
         for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
             print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
@@ -1118,7 +1121,8 @@ def parse_args(argv=None):
               "(kept in memory: about 1.5 MB a step at scale 3)")
     flag("--plot", nargs="*", metavar="DIR",
          help="draw learning_curve.png from progress.csv in --model-dir, or from each DIR into one figure "
-              "(in the folder that holds them all), and print the shares won at 5,000-40,000 episodes; "
+              "(in the folder that holds them all), and print the shares won every 5,000 episodes and where the "
+              "running mean went above 0; "
               "train nothing")
     args = parser.parse_args(argv)
     if args.play and args.plot is not None:

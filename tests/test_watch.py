@@ -202,16 +202,17 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     run = tmp_path / "run"
     times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(5998)] + \
         ["2026-01-01T05:00:00", "2026-01-01T05:00:01"]  # a stop of over 3 hours before the last two episodes
-    won = [21 if i % 4 == 0 else 7 for i in range(6000)]  # a quarter of the games won (every row says 21 points lost)
+    won = [21 if i % 4 == 0 and i >= 2500 else 7 for i in range(6000)]  # from 2500 a quarter won (each lost 21)
     write_progress(run, [0.0] * 6000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
+    quarter = f"points won  {100 * (21 + 3 * 7) / (42 + 3 * 28):.1f}%, games won  25.0%"
     assert lines[:6] == [
-        f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark:",
-        f"    5000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
-        "games won  25.0%,  1.39 hours",
-        f"    6000 episodes: points won  {100 * (150 * 21 + 450 * 7) / (150 * 42 + 450 * 28):.1f}%, "
-        "games won  25.0%,  1.67 hours",
+        f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark, "
+        "and over all since the mark before:",
+        f"    5000 episodes: {quarter},  1.39 hours; episodes 0-4999: "
+        f"points won  {100 * (625 * 21 + 4375 * 7) / (625 * 42 + 4375 * 28):4.1f}%, games won  12.5%",
+        f"    6000 episodes: {quarter},  1.67 hours; episodes 5000-5999: {quarter}",
         "  running mean first above 0: not yet",
         "  above 0 from then on: not yet",
         f"wrote {run / 'learning_curve.png'}"]
