@@ -1122,8 +1122,7 @@ def parse_args(argv=None):
     flag("--plot", nargs="*", metavar="DIR",
          help="draw learning_curve.png from progress.csv in --model-dir, or from each DIR into one figure "
               "(in the folder that holds them all), and print the shares won every 5,000 episodes and where the "
-              "running mean went above 0; "
-              "train nothing")
+              "running mean went above 0; train nothing")
     args = parser.parse_args(argv)
     if args.play and args.plot is not None:
         parser.error("--play and --plot are separate commands")
