@@ -154,7 +154,8 @@ def test_two_sweeps_at_once_on_one_file_share_the_trials(tmp_path):
 
 @pytest.mark.e2e
 def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it(tmp_path):
-    args = ["--trials", 1, "--episodes", 6, "--seeds", 2, "--save-every", 2, "--grace-period", 10, *TINY]
+    episodes = 10
+    args = ["--trials", 1, "--episodes", episodes, "--seeds", 2, "--save-every", 2, "--grace-period", 10, *TINY]
     trial_folder = tmp_path / "runs" / "pong" / "trial-0000"
     sweep = start_sweep(args, tmp_path, tmp_path / "killed.log")
     try:
@@ -169,7 +170,8 @@ def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it
             sweep.kill()
     assert left_after(started, seconds=15) == [], "the runs end when their sweep is killed"
     saved = {s: checkpoint_episode(trial_folder / f"seed-{s}") for s in (1, 2)}
-    assert all(2 <= episode < 6 for episode in saved.values()), saved
+    # The seeds run side by side at their own pace: one may have finished before the other saved.
+    assert all(2 <= episode <= episodes for episode in saved.values()) and min(saved.values()) < episodes, saved
 
     result = run_sweep(args, tmp_path)
     assert result.returncode == 0, result.describe()
@@ -181,8 +183,9 @@ def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it
     assert "(trial 0 tried again)" in result.stdout
     for s in (1, 2):
         log = (trial_folder / f"seed-{s}" / "train.log").read_text()
-        assert f"resumed from runs/pong/trial-0000/seed-{s}/model_pong.npz at episode {saved[s]}" in log
-    assert retried.value == pytest.approx(expected_objective(trial_folder, 6, 2))  # each episode once
+        resumed = f"resumed from runs/pong/trial-0000/seed-{s}/model_pong.npz at episode {saved[s]}"
+        assert (resumed in log) == (saved[s] < episodes), (s, saved)
+    assert retried.value == pytest.approx(expected_objective(trial_folder, episodes, 2))  # each episode once
 
 
 @pytest.mark.e2e
