@@ -12,16 +12,19 @@ share one study.
     python sweep.py --trials 20 --episodes 3000 --seeds 2     # search, on this machine
     python sweep.py --trials 20 --episodes 3000 -- --hidden 100   # flags after -- go to every run
     python sweep.py --report                                   # which settings win
+    python sweep.py --plot runs/pong/trial-0003/seed-*         # its learning curves
 """
 import argparse
 import ast
 import collections
+import contextlib
 import csv
 import ctypes
 import datetime
 import math
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -330,33 +333,53 @@ def stop_runs(active):
 
 # --- Reading a run's progress ---------------------------------------------------
 
-def progress_rows(folder, episodes_wanted):
+FIELDS = ["episode", "reward", "running_mean", "points_won", "points_lost", "steps", "seconds", "wall_time"]
+
+
+def whole_rows(path):
+    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
+    well-formed (an episode number, finite numbers, a wall time), and how many other rows it holds."""
+    with open(path, newline="", errors="replace") as f:  # bytes that are not UTF-8 make their row malformed
+        lines = f.read().splitlines(keepends=True)[1:]
+    rows = []
+    for line in lines:
+        with contextlib.suppress(csv.Error, StopIteration, ValueError):
+            row = dict(zip(FIELDS, next(csv.reader([line])), strict=True))
+            datetime.datetime.fromisoformat(row["wall_time"])
+            if line.endswith("\n") and int(row["episode"]) >= 0 and all(math.isfinite(float(row[name]))
+                                                                         for name in FIELDS[1:-1]):
+                rows.append(row)
+    return rows, len(lines) - len(rows)
+
+
+def progress_rows(folder, episodes_wanted=math.inf, say_skipped=False):
     """progress.csv's whole rows for episodes 0..episodes_wanted-1, each once,
     in order, up to the first missing one (a resume rewrites the file whole)."""
-    path = folder / "progress.csv"
+    path = pathlib.Path(folder) / "progress.csv"
     try:
-        with open(path, newline="") as f:
-            lines = [line for line in f.read().splitlines(keepends=True) if line.endswith("\n")]
+        rows, skipped = whole_rows(path)
     except FileNotFoundError:
         return []
+    if skipped and say_skipped:
+        print(f"{path}: skipped {skipped} torn or malformed rows")
     by_episode = {}
-    for row in csv.DictReader(lines):
-        try:
-            number, _ = int(row["episode"]), float(row["running_mean"])
-            by_episode.setdefault(number, row)
-        except (KeyError, TypeError, ValueError):
-            continue
-    rows = []
-    while len(rows) < episodes_wanted and len(rows) in by_episode:
-        rows.append(by_episode[len(rows)])
-    return rows
+    for row in rows:
+        by_episode.setdefault(int(row["episode"]), row)
+    ordered = []
+    while len(ordered) < episodes_wanted and len(ordered) in by_episode:
+        ordered.append(by_episode[len(ordered)])
+    return ordered
+
+
+def hours_trained(rows):
+    """The hours of training up to each row: the wall-clock between episodes, leaving out gaps of stops."""
+    times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
+    gaps = np.diff(times, prepend=times[:1])
+    return np.cumsum(np.where((gaps >= 0) & (gaps < WALL_GAP_SECONDS), gaps, 0)) / 3600
 
 
 def training_hours(rows):
-    """Wall-clock between episodes, leaving out gaps of stops (as --plot counts it)."""
-    times = [datetime.datetime.fromisoformat(row["wall_time"]) for row in rows if row.get("wall_time")]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
-    return sum(gap for gap in gaps if 0 <= gap < WALL_GAP_SECONDS) / 3600
+    return float(hours_trained(rows)[-1]) if rows else 0.0
 
 
 def last_tenth(rows_by_seed):
@@ -667,6 +690,121 @@ def draw_optuna_plots(optuna_study, folder, plt):
         plt.close(figure)
 
 
+# --- Learning curves: --plot, here and in the script ----------------------------
+
+# The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
+# "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
+TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
+MILESTONE_EVERY = 5000
+
+
+def progress_columns(folder):
+    """A model folder's progress.csv as columns of numbers, with the hours of training since episode 0."""
+    source = os.path.join(folder, "progress.csv")
+    try:
+        with open(source):  # a missing file is an error here, not a run that has not started
+            pass
+        rows = progress_rows(folder, say_skipped=True)
+    except OSError as error:
+        raise SweepError(f"cannot read {source} ({error.strerror or error})") from None
+    if not rows:
+        raise SweepError(f"{source} has no episodes yet")
+    columns = {name: np.array([float(row[name]) for row in rows])
+               for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")}
+    columns["hours"] = hours_trained(rows)
+    return columns
+
+
+def shares_won(run, window):
+    """Per cent of points and of games won over each `window` episodes in a row."""
+    def total(values):
+        return np.convolve(values, np.ones(window), "valid")
+    won, lost = total(run["points_won"]), total(run["points_lost"])
+    return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
+
+
+def crossings(run):
+    """Where the running mean first went above 0 (beating the built-in player), and where its last stretch above 0
+    began: (first, last), episode indexes, None where there is none."""
+    above = run["running_mean"] > 0
+    below = np.flatnonzero(~above)
+    last = int(below[-1]) + 1 if below.size else 0
+    return (int(np.argmax(above)) if above.any() else None), (last if last < len(above) else None)
+
+
+def seed_groups(folders):
+    """The lines of a plot: the seed-S folders of one sweep trial are one setting, drawn as their mean and
+    spread; any other folder is its own."""
+    groups = {}
+    for folder in folders:
+        seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
+        groups.setdefault(os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []).append(folder)
+    return groups
+
+
+def print_milestones(folder, run, shares, window):
+    """The shares won before each 5,000-episode mark and where the running mean crossed 0."""
+    points, games = shares
+    print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
+          f"over the {window} episodes before each mark, and over all since the mark before:")
+    marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
+    for start, mark in zip([0, *marks], marks):
+        block = [share[0] for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)]
+        print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
+              f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
+              f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%")
+    steps = np.cumsum(run["steps"])
+    for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
+        print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
+                               f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"))
+
+
+def plot(folders):
+    """The learning curves of model folders in one figure, learning_curve.png in the folder (or the one holding
+    them all), and for each a table of the shares won before each milestone. Returns the figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = {folder: progress_columns(folder) for folder in folders}
+    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
+    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+    for name, group in seed_groups(folders).items():
+        length = min(len(runs[folder]["episode"]) for folder in group)
+        episodes = runs[group[0]]["episode"][:length]
+        if len(runs) == 1:  # one run: every episode as a dot behind its mean
+            top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+        means = np.array([runs[folder]["running_mean"][:length] for folder in group])
+        points = np.array([shares[folder][0][:length - window + 1] for folder in group])
+        label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
+        line, = top.plot(episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)")
+        bottom.plot(episodes[window - 1:], points.mean(0), linewidth=2, color=line.get_color(),
+                    label=f"{label}: points won")
+        if len(group) > 1:
+            top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+            bottom.fill_between(episodes[window - 1:], points.min(0), points.max(0), color=line.get_color(), alpha=0.2)
+    for folder, run in runs.items():
+        print_milestones(folder, run, shares[folder], window)
+    last = max(run["episode"][-1] for run in runs.values())
+    for episodes, share in TUTORIAL_CLAIMS:
+        if episodes <= last:
+            bottom.plot(episodes, share, "k*", markersize=10)
+            bottom.annotate(f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points")
+    if last >= 30000:
+        bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
+        bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(folders))
+    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
+    for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
+        axis.axhline(even, color="grey", linewidth=0.8)
+        axis.legend(loc="upper left")
+    figure.tight_layout()
+    output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
+    figure.savefig(output, dpi=100)
+    print(f"wrote {output}")
+    return figure
+
+
 # --- Flags --------------------------------------------------------------------
 
 def positive_int(text):
@@ -697,7 +835,8 @@ def parse_args(argv=None):
         epilog="examples:\n"
                "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
                "  python sweep.py --trials 20 --episodes 3000 --storage postgresql://user:pw@host/db --study pong\n"
-               "  python sweep.py --report")
+               "  python sweep.py --report\n"
+               "  python sweep.py --plot models/pretrained models/keras-rmsprop")
     parser.add_argument("--trials", type=positive_int, default=trials,
                         help="run until the study holds this many finished (complete or pruned) trials (default: %(default)s)")
     parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes each run trains (default: %(default)s)")
@@ -717,6 +856,10 @@ def parse_args(argv=None):
                              "another sweep (or the next one) retries it (default: %(default)s)")
     parser.add_argument("--report", action="store_true",
                         help="print the study's trials, best first, and draw RUNS/STUDY/report.png; train nothing")
+    parser.add_argument("--plot", nargs="+", metavar="DIR",
+                        help="draw learning_curve.png from each DIR's progress.csv into one figure (in the folder "
+                             "that holds them all), and print the shares won every 5,000 episodes and where the "
+                             "running mean went above 0 (tutorial_atari_pong.py --plot draws the same); no study needed")
     args = parser.parse_args(argv)
     if args.grace_period < 5:
         parser.error("--grace-period: at least 5 seconds")
@@ -727,6 +870,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.plot:
+            plot(args.plot)
+            return 0
         return report(args) if args.report else sweep(args)
     except SweepError as error:
         fail(error, error.status)

@@ -23,7 +23,6 @@ import glob
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import shutil
 import signal
 import sys
@@ -945,114 +944,14 @@ def play(args):
           f"mean episode reward {np.mean([e.reward for e in results]) if results else 0:f}")
 
 
-def progress_columns(directory):
-    """A model folder's progress.csv as columns of numbers, with the hours of training since episode 0 (a gap of
-    2 minutes or more between two episodes is a stop, not counted)."""
-    source = os.path.join(directory, "progress.csv")
-    try:
-        rows = read_progress(source)
-    except OSError as error:
-        fail(f"cannot read {source} ({error.strerror or error})")
-    if not rows:
-        fail(f"{source} has no episodes yet")
-    columns = {name: np.array([float(row[name]) for row in rows])
-               for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")}
-    times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
-    gaps = np.diff(times, prepend=times[0])
-    columns["hours"] = np.cumsum(np.where(gaps < 120, gaps, 0)) / 3600
-    return columns
-
-
-def shares_won(run, window):
-    """Per cent of points and of games won over each `window` episodes in a row."""
-    def total(values):
-        return np.convolve(values, np.ones(window), "valid")
-    won, lost = total(run["points_won"]), total(run["points_lost"])
-    return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
-
-
-def crossings(run):
-    """Where the running mean first went above 0 (beating the built-in player), and where its last stretch above 0
-    began: (first, last), episode indexes, None where there is none."""
-    above = run["running_mean"] > 0
-    below = np.flatnonzero(~above)
-    last = int(below[-1]) + 1 if below.size else 0
-    return (int(np.argmax(above)) if above.any() else None), (last if last < len(above) else None)
-
-
-# The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
-# "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
-TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
-MILESTONE_EVERY = 5000
-
-
-def seed_groups(folders):
-    """--plot's lines: the seed-S folders of one sweep trial (sweep.py) are one setting, drawn as their mean and
-    spread; any other folder is its own."""
-    groups = {}
-    for folder in folders:
-        seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
-        groups.setdefault(os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []).append(folder)
-    return groups
-
-
 def plot(args):
-    """--plot [DIR ...]: the learning curves of model folders in one figure, learning_curve.png in the folder
-    (or the one holding them all), and for each a table of the shares won before each milestone."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    folders = args.plot or [os.path.dirname(checkpoint_path(args)) or "."]
-    runs = {folder: progress_columns(folder) for folder in folders}
-    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
-    for name, group in seed_groups(folders).items():
-        length = min(len(runs[folder]["episode"]) for folder in group)
-        episodes = runs[group[0]]["episode"][:length]
-        if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
-        means = np.array([runs[folder]["running_mean"][:length] for folder in group])
-        points = np.array([shares[folder][0][:length - window + 1] for folder in group])
-        label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
-        line, = top.plot(episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)")
-        bottom.plot(episodes[window - 1:], points.mean(0), linewidth=2, color=line.get_color(),
-                    label=f"{label}: points won")
-        if len(group) > 1:
-            top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
-            bottom.fill_between(episodes[window - 1:], points.min(0), points.max(0), color=line.get_color(), alpha=0.2)
-    for folder, run in runs.items():
-        points, games = shares[folder]
-        print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
-              f"over the {window} episodes before each mark, and over all since the mark before:")
-        marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
-        for start, mark in zip([0, *marks], marks):
-            block = [share[0] for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)]
-            print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
-                  f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
-                  f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%")
-        steps = np.cumsum(run["steps"])
-        for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
-            print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
-                                   f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"))
-    last = max(run["episode"][-1] for run in runs.values())
-    for episodes, share in TUTORIAL_CLAIMS:
-        if episodes <= last:
-            bottom.plot(episodes, share, "k*", markersize=10)
-            bottom.annotate(f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points")
-    if last >= 30000:
-        bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
-        bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(folders))
-    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
-    for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
-        axis.axhline(even, color="grey", linewidth=0.8)
-        axis.legend(loc="upper left")
-    figure.tight_layout()
-    output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
-    figure.savefig(output, dpi=100)
-    print(f"wrote {output}")
-    return figure
+    """--plot [DIR ...]: sweep.py draws the curves, as it reads progress.csv files without TensorFlow."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sweep
+    try:
+        return sweep.plot(args.plot or [os.path.dirname(checkpoint_path(args)) or "."])
+    except sweep.SweepError as error:
+        fail(error)
 
 
 # --- Command line ----------------------------------------------------------

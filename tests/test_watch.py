@@ -2,12 +2,13 @@
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from helpers import PLAY_RE, PLAY_SUMMARY_RE, count_video_frames, read_progress, run_script
+from helpers import PLAY_RE, PLAY_SUMMARY_RE, REPO, count_video_frames, read_progress, run_script
 
 pytestmark = pytest.mark.e2e
 
@@ -234,8 +235,8 @@ def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stay
 
 @pytest.mark.parametrize("means, expected", [([-1.0, 1.0, -1.0, 1.0, 1.0], (1, 3)), ([1.0, 1.0], (0, 0)),
                                              ([-1.0, 0.0], (None, None)), ([1.0, -1.0], (0, None))])
-def test_crossings_of_0_by_the_running_mean(pong, means, expected):
-    assert pong.crossings({"running_mean": np.array(means)}) == expected
+def test_crossings_of_0_by_the_running_mean(sweep, means, expected):
+    assert sweep.crossings({"running_mean": np.array(means)}) == expected
 
 
 def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, capsys):
@@ -248,6 +249,25 @@ def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, 
         f"{os.path.basename(sys.argv[0])}: error: cannot read {tmp_path / 'b' / 'progress.csv'} "
         "(No such file or directory)"]
     assert not (tmp_path / "learning_curve.png").exists()
+
+
+def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
+    """`sweep.py --plot DIR ...` is the same code without TensorFlow: the same lines, the same figure's place."""
+    for name, won in (("a", [0, 3, 6]), ("b", [1, 2, 9])):
+        write_progress(tmp_path / "runs" / name, [-20.0, -19.0, -18.0], won)
+    folders = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
+    by_script = run_script(["--plot", *folders], tmp_path)
+    by_sweep = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--plot", *map(str, folders)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert by_script.returncode == 0 and by_sweep.returncode == 0, (by_script.describe(), by_sweep.stderr)
+    assert by_sweep.stdout.splitlines() == by_script.lines
+    assert by_script.lines[0] == f"{folders[0]}: 3 episodes in 0.00 hours of training; over the 1 episodes before " \
+        "each mark, and over all since the mark before:"
+    assert by_script.lines[-1] == f"wrote {tmp_path / 'runs' / 'learning_curve.png'}"
+    missing = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--plot", str(tmp_path / "none")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} (No such file or directory)"]
 
 
 def test_tensorboard_shows_each_model_folder_as_its_own_run(trained, tmp_path):
