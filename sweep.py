@@ -757,6 +757,17 @@ def print_milestones(folder, run, shares, window):
     for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
         print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
                                f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"))
+    # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
+    rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
+    best = [(name, series, int(np.argmax(series)), form) for name, series, form in (
+        ("games won", games, "{:.1f}%"), ("points won", points, "{:.1f}%"), ("mean reward", rewards, "{:+.2f}"))]
+    print(f"  best {window} episodes in a row: " + ", ".join(
+        f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})" for name, series, at, form in best))
+    reached = np.flatnonzero(games >= 90)
+    end = int(reached[0]) + window - 1 if reached.size else None
+    print(f"  90% of games won over {window} episodes in a row: " + ("not yet" if end is None else
+          f"first over episodes {end - window + 1}-{end}, after {steps[end] / 1e6:.1f} million agent steps and "
+          f"{run['hours'][end]:.2f} hours"))
 
 
 def plot(folders):

@@ -208,15 +208,15 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
     quarter = f"points won  {100 * (21 + 3 * 7) / (42 + 3 * 28):.1f}%, games won  25.0%"
-    assert lines[:6] == [
+    assert lines[:5] == [
         f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark, "
         "and over all since the mark before:",
         f"    5000 episodes: {quarter},  1.39 hours; episodes 0-4999: "
         f"points won  {100 * (625 * 21 + 4375 * 7) / (625 * 42 + 4375 * 28):4.1f}%, games won  12.5%",
         f"    6000 episodes: {quarter},  1.67 hours; episodes 5000-5999: {quarter}",
         "  running mean first above 0: not yet",
-        "  above 0 from then on: not yet",
-        f"wrote {run / 'learning_curve.png'}"]
+        "  above 0 from then on: not yet"]
+    assert lines[-1] == f"wrote {run / 'learning_curve.png'}"
 
 
 def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stayed(pong, tmp_path, capsys):
@@ -226,11 +226,37 @@ def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stay
     means = [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600  # above 0 at 1000, for good from 2000
     write_progress(run, means, [10] * 3600, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
-    assert capsys.readouterr().out.splitlines()[-3:-1] == [
+    assert capsys.readouterr().out.splitlines()[-5:-3] == [
         f"  running mean first above 0: episode 1000, after 1.0 million agent steps and {1000 / 3600:.2f} hours "
         "(2600 episodes ago)",
         f"  above 0 from then on: episode 2000, after 2.0 million agent steps and {2000 / 3600:.2f} hours "
         "(1600 episodes ago)"]
+
+
+def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_won(pong, tmp_path, capsys):
+    """Over the window (a tenth of the run here: 100 episodes), the best shares and mean reward in a row, and the
+    first stretch with 90% of the games won: the tutorial's "almost never loses"."""
+    run = tmp_path / "run"
+    won = [21 if 400 <= i < 490 else 10 for i in range(1000)]  # episodes 400-489 won, all others lost
+    times = [f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}" for i in range(1000)]
+    write_progress(run, [1.0] * 1000, won, times)
+    pong.plot(pong.parse_args(["--plot", str(run)]))
+    lines = capsys.readouterr().out.splitlines()
+    # a game counts as won when its reward (2 * won - 21) is above 0: 90 of the 100 episodes 390-489 and 400-499
+    assert lines[-3] == ("  best 100 episodes in a row: games won 90.0% (episodes 390-489), points won "
+                         f"{100 * (90 * 21 + 10 * 10) / (90 * 42 + 10 * 31):.1f}% (episodes 390-489), "
+                         f"mean reward {(90 * 21 + 10 * -1) / 100:+.2f} (episodes 390-489)")
+    assert lines[-2] == ("  90% of games won over 100 episodes in a row: first over episodes 390-489, after 0.5 "
+                         f"million agent steps and {489 / 3600:.2f} hours")
+
+
+def test_plot_says_not_yet_while_no_stretch_won_90_percent_of_games(pong, tmp_path, capsys):
+    run = tmp_path / "run"
+    write_progress(run, [1.0] * 100, [0 if i % 5 == 0 else 21 for i in range(100)])  # 8 of any 10 in a row won
+    pong.plot(pong.parse_args(["--plot", str(run)]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].startswith("  best 10 episodes in a row: games won 80.0% (episodes 0-9), ")
+    assert lines[-2] == "  90% of games won over 10 episodes in a row: not yet"
 
 
 @pytest.mark.parametrize("means, expected", [([-1.0, 1.0, -1.0, 1.0, 1.0], (1, 3)), ([1.0, 1.0], (0, 0)),
