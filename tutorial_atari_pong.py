@@ -947,7 +947,10 @@ def play(args):
 def plot(args):
     """--plot [DIR ...]: sweep.py draws the curves, as it reads progress.csv files without TensorFlow."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sweep
+    try:
+        import sweep
+    except ImportError as error:
+        fail(f"--plot needs sweep.py beside {os.path.basename(__file__)}: it draws the curves ({error})")
     try:
         return sweep.plot(args.plot or [os.path.dirname(checkpoint_path(args)) or "."])
     except sweep.SweepError as error:

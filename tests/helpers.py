@@ -68,10 +68,10 @@ class Result:
                 f"\n--- stderr (tail)\n{self.stderr[-3000:]}")
 
 
-def run_script(args, cwd, env=None, timeout=300):
+def run_script(args, cwd, env=None, timeout=300, script=SCRIPT):
     """Run the script to completion; the timeout only guards against a hang."""
     args = [str(a) for a in args]
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env or script_env(),
+    done = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env or script_env(),
                           capture_output=True, text=True, timeout=timeout)
     return Result(args, done.returncode, done.stdout, done.stderr)
 

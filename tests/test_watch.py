@@ -296,6 +296,19 @@ def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
         f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} (No such file or directory)"]
 
 
+def test_plot_of_the_script_copied_alone_says_in_one_line_that_it_needs_sweep_py(tmp_path):
+    alone = tmp_path / "alone" / "tutorial_atari_pong.py"
+    alone.parent.mkdir()
+    shutil.copy(REPO / "tutorial_atari_pong.py", alone)
+    write_progress(tmp_path / "run", [-20.0], [1])
+    result = run_script(["--plot", tmp_path / "run"], tmp_path, script=alone)
+    assert result.returncode == 2 and result.stdout == "", result.describe()
+    assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(
+        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: it draws the curves ("), \
+        result.stderr
+    assert not (tmp_path / "run" / "learning_curve.png").exists()
+
+
 def test_tensorboard_shows_each_model_folder_as_its_own_run(trained, tmp_path):
     """`tensorboard --logdir runs` names a run by its folder under runs/."""
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
