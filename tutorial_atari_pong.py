@@ -54,24 +54,11 @@ if __name__ == "__main__":  # Ctrl-C while starting up ends the program quietly:
 # TensorFlow and the emulator greet us with C++ logs and deprecation notices;
 # the tutorial's own lines are what a reader should see.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-with native_stderr_silenced():
+# TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL: file descriptor 2 goes to /dev/null meanwhile.
+sys.stderr.flush()
+stderr_fd, devnull_fd = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+os.dup2(devnull_fd, 2)
+try:
     import ale_py
     import gymnasium as gym
     import numpy as np
@@ -79,6 +66,10 @@ with native_stderr_silenced():
     import tensorlayer as tl
     # TensorFlow's CSR sparse matrices multiply ~7x faster than tf.sparse on the CPU.
     from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops as csr
+finally:
+    os.dup2(stderr_fd, 2)
+    os.close(stderr_fd)
+    os.close(devnull_fd)
 
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
 warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")  # v0's settings are the tutorial's
@@ -207,8 +198,9 @@ def batch_returns(episodes, gamma_value):
     return standardised
 
 
-def finite(tensors):
-    return all(np.isfinite(t.numpy()).all() for t in tensors)
+def require_finite(tensors, problem):
+    if not all(np.isfinite(t.numpy()).all() for t in tensors):
+        raise NonFiniteError(problem)
 
 
 def sparse_product(frames, weights):
@@ -221,24 +213,19 @@ def sparse_product(frames, weights):
     return product(weights)
 
 
-def sparse_logits(model, indices, signs, n_steps):
-    """The model's logits for n_steps difference frames given as (step, pixel) indices and signs: its layers,
-    with a sparse product in the first."""
-    hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
-    dense_shape = tf.stack([tf.cast(n_steps, tf.int64), hidden_layer.W.shape[0]])
-    frames = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
-    activations = hidden_layer.act(sparse_product(frames, hidden_layer.W) + hidden_layer.b)
-    return output_layer(activations)
-
-
 def make_gradient_fn(model):
-    """A compiled function: gradient of the tutorial's loss on one chunk."""
+    """A compiled function: gradient of the tutorial's loss on one chunk of n_steps difference frames, given as
+    (step, pixel) indices and signs. The model's layers, with a sparse product in the first."""
+    hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
+
     @tf.function(input_signature=[
         tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64),
         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)])
     def chunk_gradient(indices, signs, n_steps, labels, returns):
         with tf.GradientTape() as tape:
-            logits = sparse_logits(model, indices, signs, n_steps)
+            dense_shape = tf.stack([n_steps, hidden_layer.W.shape[0]])
+            frames = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
+            logits = output_layer(hidden_layer.act(sparse_product(frames, hidden_layer.W) + hidden_layer.b))
             loss = tl.rein.cross_entropy_reward_loss(logits, labels, returns)
         return tape.gradient(loss, model.trainable_weights)
     chunk_gradient.get_concrete_function()  # trace now, not during the first update
@@ -296,11 +283,9 @@ def update_policy(model, optimizer, gradient_fn, episodes, gamma_value, chunk_st
         grads = gradient_fn(indices, batch.signs[lo:hi].astype(np.float32), np.int64(stop - start),
                             batch.labels[start:stop].astype(np.int32), returns[start:stop].astype(np.float32))
         total = [t + g for t, g in zip(total, grads)]
-    if not finite(total):
-        raise NonFiniteError("the batch's gradient is not finite (NaN or infinity) and was not applied")
+    require_finite(total, "the batch's gradient is not finite (NaN or infinity) and was not applied")
     optimizer.apply_gradients(zip(total, model.trainable_weights))
-    if not finite(model.trainable_weights):
-        raise NonFiniteError("the update made the weights non-finite (NaN or infinity)")
+    require_finite(model.trainable_weights, "the update made the weights non-finite (NaN or infinity)")
     return batch.steps
 
 
@@ -330,8 +315,7 @@ SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept in a c
 def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
     """Write weights, RMSProp state, counters, settings and the unfinished batch to path atomically (a temporary
     file, then os.replace). Non-finite weights are refused: the last good file stays."""
-    if not finite(model.trainable_weights):
-        raise NonFiniteError("the weights are not finite (NaN or infinity) and were not saved")
+    require_finite(model.trainable_weights, "the weights are not finite (NaN or infinity) and were not saved")
     hidden_w, batch = model.get_layer("hidden").W, concatenate(pending)
     arrays = {**{weight_key(w): w.numpy() for w in model.trainable_weights},
               **{name: v.numpy() for name, v in mean_squares(optimizer, model).items()},
@@ -386,7 +370,7 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
         if name not in arrays:
             raise CheckpointError(f"{path} is not a checkpoint of this script (no '{name}')")
         if arrays[name].shape != shape:
-            found = arrays["config/hidden"] if "config/hidden" in arrays else "?"
+            found = arrays.get("config/hidden", "?")
             raise CheckpointError(f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
                                   f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})")
         if not np.isfinite(arrays[name]).all() and name != "state/running_mean":
@@ -395,26 +379,21 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
 
 
 def restore(arrays, model, optimizer):
-    """Assign a read checkpoint; return (episode, running mean, pending episodes)."""
+    """Assign a read checkpoint; return (episode, running mean, the unfinished batch split back into episodes)."""
     for weight in model.trainable_weights:
         weight.assign(arrays[weight_key(weight)])
     for name, mean_square in mean_squares(optimizer, model).items():
         mean_square.assign(arrays[name])
-    running_mean = float(arrays["state/running_mean"])
-    return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending_episodes(arrays)
-
-
-def pending_episodes(arrays):
-    """Split the checkpoint's unfinished batch back into episodes."""
-    if "pending/steps" not in arrays:
-        return []
-    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
-    nnz = np.split(arrays["pending/nnz"], step_cuts)
-    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
-    indices, signs = (np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs"))
-    labels, rewards = (np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards"))
-    episodes = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards)
-    return [Episode(int(number), *fields) for number, *fields in episodes]
+    running_mean, pending = float(arrays["state/running_mean"]), []
+    if "pending/steps" in arrays:
+        step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
+        nnz = np.split(arrays["pending/nnz"], step_cuts)
+        pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
+        indices, signs = (np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs"))
+        labels, rewards = (np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards"))
+        episodes = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards)
+        pending = [Episode(int(number), *fields) for number, *fields in episodes]
+    return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending
 
 
 # --- Playing ---------------------------------------------------------------
@@ -480,31 +459,29 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
     env.reset()
     screen = env.ale.getScreen()
     previous, steps, game, started = None, [], 0, time.perf_counter()
-    point_started = started
+    point_started, terminated, truncated = started, False, False
     try:
-        while True:
+        if video is not None:  # one frame per observation: the first, then one after each step
+            video.add(env.ale.getScreenRGB())
+        while not (terminated or truncated or len(steps) == MAX_EPISODE_STEPS):
             if should_stop():
                 if video is not None:  # an unfinished episode leaves no video
                     video.discard()
                 return None
-            if video is not None:
-                video.add(env.ale.getScreenRGB())
             current = prepro(screen)
             changed, changed_signs = diff_frame(current, previous)
             previous = current
             action = sample_action(action_probabilities(weights, changed, changed_signs), rng)
             _, reward, terminated, truncated, _ = env.step(action)
             env.ale.getScreen(screen)
+            if video is not None:
+                video.add(env.ale.getScreenRGB())
             steps.append((changed, changed_signs, action - 1, reward))
             if reward != 0:
                 now = time.perf_counter()
                 say(f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
                     + ("  !!!!!!!!" if reward > 0 else ""))
                 game, point_started = game + 1, now
-            if terminated or truncated or len(steps) == MAX_EPISODE_STEPS:
-                if video is not None:
-                    video.add(env.ale.getScreenRGB())
-                break
     finally:
         if video is not None:
             video.close()
@@ -542,23 +519,19 @@ class LocalPlayer:
 
 
 def worker_main(connection, trainer_ends, entropy, recording):
-    """A worker process: plays the episodes it is sent with the weights it was last sent, and sends back point
-    lines and finished episodes. It ends when the trainer has gone, however: its next recv or send fails."""
+    """A worker process: plays each episode it is sent, by number, with the weights sent with it, and sends back
+    point lines and finished episodes. It ends when the trainer has gone, however: its next recv or send fails."""
     # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
         end.close()
     try:
-        player, weights = LocalPlayer(entropy, None, recording), None
+        player = LocalPlayer(entropy, None, recording)
         while True:
-            kind, payload = connection.recv()
-            if kind == "weights":
-                weights = payload
-            else:  # "play", an episode's number
-                for episode in player.play(weights, [payload], lambda line: connection.send(("line", line)),
-                                           lambda: False):
-                    connection.send(("episode", episode))
+            number, weights = connection.recv()
+            for episode in player.play(weights, [number], lambda line: connection.send(("line", line)), lambda: False):
+                connection.send(("episode", episode))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the trainer has gone: nothing left to do
     except Exception as error:  # the trainer says it in one line
@@ -586,8 +559,6 @@ class WorkerPool:
     def play(self, weights, numbers, say, should_stop):
         """Yield the episodes in order of number, whichever worker finishes first. The log reads as if they were
         played in turn: the oldest unfinished episode's point lines are said as they come, later ones' held."""
-        for connection in self.connections:
-            connection.send(("weights", weights))
         todo, idle, finished, held = list(numbers), list(self.connections), {}, {}
         for number in numbers:
             for line in held.pop(number, []):
@@ -596,7 +567,7 @@ class WorkerPool:
                 while todo and idle:
                     connection = idle.pop()
                     self.playing[connection] = todo.pop(0)
-                    connection.send(("play", self.playing[connection]))
+                    connection.send((self.playing[connection], weights))
                 if should_stop():
                     return
                 for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
@@ -700,9 +671,6 @@ class ProgressLog:
             for name in ("reward", "points_won", "points_lost", "steps", "seconds"):
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
             tf.summary.scalar("episode/running_mean", running_mean)
-
-    def flush(self):
-        self.summary.flush()
 
     def close(self):
         self.file.close()
@@ -853,7 +821,7 @@ def train(args):
 
         def save():
             nonlocal log, staging
-            log.flush()  # first: the log may run ahead of the checkpoint, never behind it
+            log.summary.flush()  # first: the log may run ahead of the checkpoint, never behind it
             if staging is None:
                 return save_checkpoint(path, model, optimizer, episode, running_mean, batch, settings)
             log.close()  # a restart's first save: its files replace the old run's

@@ -435,4 +435,4 @@ def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, 
     np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
     assert len(top.collections) == 1, "one band, for the setting with two seeds"
     assert (tmp_path / "learning_curve.png").exists()
-    assert capsys.readouterr().out.count("episodes in") == 3, "each folder still gets its own table"
+    assert capsys.readouterr().out.count(" hours of training; over the ") == 3, "each folder still gets its own table"
