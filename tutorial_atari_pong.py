@@ -647,10 +647,8 @@ class ProgressLog:
             # Each episode once, in order; rows past the checkpoint are a run's that died before saving.
             rows = {int(row["episode"]): row for row in read_progress(self.path)}
             kept = [rows[number] for number in sorted(rows) if number < first_episode]
-        elif os.path.isdir(board):  # a fresh run: the old curves go with the old checkpoint
-            for name in os.listdir(board):
-                if name.startswith("events.out.tfevents"):
-                    os.remove(os.path.join(board, name))
+        else:  # a fresh run: the old curves go with the old checkpoint
+            shutil.rmtree(board, ignore_errors=True)
         temporary = f"{self.path}.{os.getpid()}.tmp"
         with open(temporary, "w", newline="") as f:  # the whole log must survive a kill here
             writer = csv.DictWriter(f, self.FIELDS)
@@ -730,13 +728,12 @@ def finish_restart(directory, checkpoint_name):
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
-    if os.path.exists(os.path.join(staging, "saved")):  # each move is redone until all are done
-        for name in (checkpoint_name, "progress.csv"):
-            if os.path.exists(os.path.join(staging, name)):
-                os.replace(os.path.join(staging, name), os.path.join(directory, name))
-        if os.path.isdir(os.path.join(staging, "tensorboard")):
-            shutil.rmtree(os.path.join(directory, "tensorboard"), ignore_errors=True)
-            os.rename(os.path.join(staging, "tensorboard"), os.path.join(directory, "tensorboard"))
+    for name in (checkpoint_name, "progress.csv", "tensorboard"):  # each move is redone until all are done
+        new, old = os.path.join(staging, name), os.path.join(directory, name)
+        if os.path.exists(os.path.join(staging, "saved")) and os.path.exists(new):
+            if os.path.isdir(new):
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(new, old)
     shutil.rmtree(staging)
 
 
@@ -756,10 +753,7 @@ def settings_changed(arrays, args):
 
 def resumable(path, args):
     """The checkpoint --resume continues, checked; one line if it cannot be."""
-    try:
-        arrays = read_checkpoint(path, args.hidden)
-    except CheckpointError as error:
-        fail(error)
+    arrays = read_checkpoint(path, args.hidden)
     pending, trained_batch = len(arrays.get("pending/steps", [])), arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
         fail(f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
@@ -822,11 +816,11 @@ def train(args):
         def save():
             nonlocal log, staging
             log.summary.flush()  # first: the log may run ahead of the checkpoint, never behind it
-            if staging is None:
-                return save_checkpoint(path, model, optimizer, episode, running_mean, batch, settings)
-            log.close()  # a restart's first save: its files replace the old run's
-            save_checkpoint(os.path.join(staging, os.path.basename(path)), model, optimizer, episode,
+            save_checkpoint(os.path.join(staging or directory, os.path.basename(path)), model, optimizer, episode,
                             running_mean, batch, settings)
+            if staging is None:
+                return
+            log.close()  # a restart's first save: its files replace the old run's
             open(os.path.join(staging, "saved"), "w").close()
             finish_restart(directory, os.path.basename(path))
             log, staging = ProgressLog(directory, episode), None
@@ -888,10 +882,7 @@ def wilson_interval(successes, trials, z=1.96):
 def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
-    try:
-        arrays = read_checkpoint(path, args.hidden)
-    except CheckpointError as error:
-        fail(error)
+    arrays = read_checkpoint(path, args.hidden)
     stop = stop_flag()
     weights = [arrays[name] for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases")]
     results = []
@@ -987,12 +978,10 @@ def parse_args(argv=None):
     flag("--record-scale", type=positive_int, default=record_scale,
          help="with --record: draw each pixel as an N x N block (3: 480x630 videos)")
     flag("--record-gif", type=positive_int, metavar="STEPS",
-         help="with --record: animated GIFs of each episode's first STEPS agent steps instead of MP4s "
-              "(kept in memory: about 1.5 MB a step at scale 3)")
+         help="with --record: GIFs of each episode's first STEPS steps instead of MP4s (about 1.5 MB a step in memory)")
     flag("--plot", nargs="*", metavar="DIR",
-         help="draw learning_curve.png from progress.csv in --model-dir, or from each DIR into one figure "
-              "(in the folder that holds them all), and print the shares won every 5,000 episodes and where the "
-              "running mean went above 0; train nothing")
+         help="draw learning_curve.png of --model-dir's progress.csv, or of each DIR's in one figure, and print "
+              "the shares won every 5,000 episodes and the milestones; train nothing")
     args = parser.parse_args(argv)
     if args.play and args.plot is not None:
         parser.error("--play and --plot are separate commands")
@@ -1028,6 +1017,8 @@ def main(argv=None):
             play(args)
         else:
             train(args)
+    except CheckpointError as error:
+        fail(error)
     except WorkerError as error:
         fail(error, status=1)
     except OSError as error:  # the disk, not the program: one line, and what is still safe
