@@ -938,20 +938,14 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help: a flag's default where it has one; the examples kept as written."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in action.help:
-            return action.help
-        return action.help + " (default: %(default)s)"
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
-                                     epilog="examples:\n" + __doc__.split("\n\n")[-1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="examples:\n" + __doc__.split("\n\n")[-1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # the examples as written
     parser.error = lambda message: fail(f"{message} (see --help)")  # bad flags: one line, not a usage block
-    flag = parser.add_argument
+
+    def flag(*names, **options):  # --help gives a flag's default where it has one
+        suffix = "" if options.get("default") in (None, False) else " (default: %(default)s)"
+        parser.add_argument(*names, **{**options, "help": options["help"] + suffix})
     flag("--render", action="store_true", default=render,
          help="show the game in a window (needs a display; implies --envs 1)")
     flag("--resume", action="store_true", default=resume, help="continue training from the checkpoint")
