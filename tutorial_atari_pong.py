@@ -77,7 +77,7 @@ gym.register_envs(ale_py)
 
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
 MAX_EPISODE_STEPS = 10000  # gym's Pong-v0 cut episodes here (ale-py's registration has no limit)
-CHECKPOINT_FORMAT = 2  # 1: Keras RMSprop's mean square (and step count) under rmsprop/...
+CHECKPOINT_FORMAT = 2  # the one read and written (format 1 held Keras RMSprop's state, no longer read)
 UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
 
 
@@ -356,12 +356,9 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
     if "state/format" not in arrays:
         raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
-    found_format = int(arrays["state/format"])
-    if found_format not in (1, CHECKPOINT_FORMAT):
-        raise CheckpointError(f"{path} has checkpoint format {found_format}; this script reads 1 and {CHECKPOINT_FORMAT}")
-    if found_format == 1:  # Keras' mean square is the same running average, started at 0
-        arrays.update({"mean_square/" + name[len("rmsprop/"):]: value for name, value in arrays.items()
-                       if name.startswith("rmsprop/") and name != "rmsprop/iterations"})
+    if int(arrays["state/format"]) != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {int(arrays['state/format'])}; "
+                              f"this script reads format {CHECKPOINT_FORMAT} only")
     shapes = {"hidden/weights": (input_size, hidden_units), "hidden/biases": (hidden_units,),
               "output/weights": (hidden_units, len(ACTIONS)), "output/biases": (len(ACTIONS),)}
     expected = {**shapes, **{"mean_square/" + name: shape for name, shape in shapes.items()},
@@ -800,9 +797,6 @@ def train(args):
         running_mean, batch = None, []
         if arrays is not None:
             episode, running_mean, batch = restore(arrays, model, optimizer)
-            if int(arrays["state/format"]) == 1:
-                print(f"{path} was trained with Keras' RMSprop (checkpoint format 1): its mean square "
-                      "carries on as the tutorial's RMSProp's, and the next save writes format 2")
             print(f"resumed from {path} at episode {episode}, running mean "
                   + ("none yet" if running_mean is None else f"{running_mean:f}"))
             if changes := settings_changed(arrays, args):
