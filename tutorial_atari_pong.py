@@ -725,9 +725,10 @@ def finish_restart(directory, checkpoint_name):
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
+    saved = os.path.exists(os.path.join(staging, "saved"))
     for name in (checkpoint_name, "progress.csv", "tensorboard"):  # each move is redone until all are done
         new, old = os.path.join(staging, name), os.path.join(directory, name)
-        if os.path.exists(os.path.join(staging, "saved")) and os.path.exists(new):
+        if saved and os.path.exists(new):
             if os.path.isdir(new):
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(new, old)
