@@ -113,9 +113,7 @@ def prepro(screen):
 
 def diff_frame(current, previous):
     """What moved, sparsely (~99.7% of a difference frame is 0): the indices (int16) of the pixels that changed
-    and the signs (int8) of current - previous. None on an episode's first step."""
-    if previous is None:
-        return np.zeros(0, np.int16), np.zeros(0, np.int8)
+    and the signs (int8) of current - previous."""
     changed = (current != previous).nonzero()[0]
     return changed.astype(np.int16), current[changed].astype(np.int8) * np.int8(2) - np.int8(1)
 
@@ -176,25 +174,17 @@ def sample_action(probs, rng):
 
 # --- Returns and the update ------------------------------------------------
 
-def discounted_returns(rewards, gamma_value):
-    """Discount each point's reward back to the steps that led to it."""
-    return tl.rein.discount_episode_rewards(np.asarray(rewards, np.float32), gamma_value)
-
-
-def standardise(returns):
-    """Zero mean, unit variance over the batch; all-equal returns become 0."""
-    returns = returns - returns.mean()
-    std = returns.std()
-    return returns / std if std > 0 else returns
-
-
 def batch_returns(episodes, gamma_value):
-    """Each step's discounted return, standardised over the batch. The undecided last point of an episode cut at
-    MAX_EPISODE_STEPS: its steps get 0, no credit either way, and are left out of the mean and deviation."""
-    returns = np.concatenate([discounted_returns(e.rewards, gamma_value) for e in episodes])
+    """Each step's return: each point's reward discounted back to the steps that led to it (resetting at every
+    point), then zero mean and unit variance over the batch (all-equal returns become 0). The undecided last
+    point of an episode cut at MAX_EPISODE_STEPS: its steps get 0, no credit either way, and are left out."""
+    returns = np.concatenate([tl.rein.discount_episode_rewards(e.rewards.astype(np.float32), gamma_value)
+                              for e in episodes])
     decided = np.concatenate([np.arange(e.steps) <= np.flatnonzero(e.rewards).max(initial=-1) for e in episodes])
+    centred = returns[decided] - returns[decided].mean()
+    std = centred.std()
     standardised = np.zeros_like(returns)
-    standardised[decided] = standardise(returns[decided])
+    standardised[decided] = centred / std if std > 0 else centred
     return standardised
 
 
@@ -428,7 +418,6 @@ class Video:
 
     def __init__(self, path, scale, limit=None):
         import imageio.v2 as imageio  # only needed with --record
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path, self.scale, self.limit, self.frames = path, scale, limit, 0
         if path.endswith(".gif"):  # Pillow's writer: an exact palette, as Pong has 9 colours
             self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts in 1/100 s
@@ -444,26 +433,19 @@ class Video:
     def close(self):
         self.writer.close()
 
-    def discard(self):
-        self.close()
-        with contextlib.suppress(FileNotFoundError):  # ffmpeg makes the file at the first frame
-            os.remove(self.path)
-
 
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
     """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps; return it
     as an Episode, or None if told to stop part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
-    previous, steps, game, started = None, [], 0, time.perf_counter()
+    previous, steps, game, started = prepro(screen), [], 0, time.perf_counter()  # the first step sees no motion
     point_started, terminated, truncated = started, False, False
     try:
         if video is not None:  # one frame per observation: the first, then one after each step
             video.add(env.ale.getScreenRGB())
         while not (terminated or truncated or len(steps) == MAX_EPISODE_STEPS):
             if should_stop():
-                if video is not None:  # an unfinished episode leaves no video
-                    video.discard()
                 return None
             current = prepro(screen)
             changed, changed_signs = diff_frame(current, previous)
@@ -507,7 +489,9 @@ class LocalPlayer:
             path = self.recording and self.recording.path(number)
             video = path and Video(path, self.recording.scale, self.recording.gif_steps)
             episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
-            if episode is None:
+            if episode is None:  # an unfinished episode leaves no video (ffmpeg makes the file at the first frame)
+                if path and os.path.exists(path):
+                    os.remove(path)
                 return
             yield episode
 
@@ -663,9 +647,8 @@ class ProgressLog:
         self.writer.writerow(row)
         self.file.flush()  # each row in one whole write: a kill never leaves half of one behind
         with self.summary.as_default(step=episode.number):
-            for name in ("reward", "points_won", "points_lost", "steps", "seconds"):
+            for name in ("reward", "running_mean", "points_won", "points_lost", "steps", "seconds"):  # as in the csv
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
-            tf.summary.scalar("episode/running_mean", running_mean)
 
     def close(self):
         self.file.close()
@@ -986,17 +969,13 @@ def parse_args(argv=None):
         if not args.play:
             print(f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once")
         args.envs = episodes_at_once
-    return args
-
-
-def check_display(args):
     if args.render and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         fail("--render needs a display, and none is set (DISPLAY is empty); run without --render, or use --record DIR")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    check_display(args)
     if args.record and args.plot is None:
         writable_directory(args.record, "videos")
     try:

@@ -392,27 +392,27 @@ def test_render_with_an_empty_display_is_one_line_exit_2_before_anything_else(tm
 @pytest.mark.parametrize("display, wayland, accepted", [
     ("", None, False), (None, None, False), (":99", None, True), (None, "wayland-0", True), ("", "", False),
 ], ids=["empty-display", "no-display", "x11", "wayland", "both-empty"])
-def test_check_display_accepts_x11_or_wayland_and_refuses_neither(pong, monkeypatch, display, wayland, accepted):
+def test_render_accepts_x11_or_wayland_and_refuses_neither(pong, monkeypatch, display, wayland, accepted):
     for name, value in (("DISPLAY", display), ("WAYLAND_DISPLAY", wayland)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
     monkeypatch.setattr(pong.sys, "platform", "linux")
-    args = pong.parse_args(["--render"])
     if accepted:
-        pong.check_display(args)
+        assert pong.parse_args(["--render"]).render
     else:
         with pytest.raises(SystemExit) as refused:
-            pong.check_display(args)
+            pong.parse_args(["--render"])
         assert refused.value.code == 2
-    pong.check_display(pong.parse_args([]))  # without --render no display is needed
+    assert not pong.parse_args([]).render  # without --render no display is needed
 
 
 def test_render_plays_in_this_process_in_a_window_whatever_envs_says(pong, monkeypatch):
     """--render implies --envs 1: a window per worker process is not what a user asked for."""
     opened = []
     monkeypatch.setattr(pong, "make_env", lambda env_seed, render_mode=None: opened.append(render_mode) or object())
+    monkeypatch.setenv("DISPLAY", ":99")  # the window is not opened: make_env is replaced
     player = pong.make_player(pong.parse_args(["--render", "--envs", "2"]), 0, 1)
     assert isinstance(player, pong.LocalPlayer)
     assert opened == ["human"]

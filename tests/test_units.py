@@ -71,12 +71,6 @@ def test_prepro_last_kept_row_is_193(pong):
 
 # --- difference frames ---------------------------------------------------------
 
-def test_diff_frame_is_empty_on_the_first_step(pong):
-    indices, signs = pong.diff_frame(np.ones(6400, bool), None)
-    assert indices.dtype == np.int16 and signs.dtype == np.int8
-    assert len(indices) == 0 and len(signs) == 0
-
-
 def test_diff_frame_is_current_minus_previous_at_the_changed_pixels(pong):
     previous = np.zeros(6400, bool)
     current = np.zeros(6400, bool)
@@ -94,7 +88,8 @@ def test_diff_frame_is_current_minus_previous_at_the_changed_pixels(pong):
 def test_diff_frame_of_two_equal_frames_is_empty(pong):
     frame = np.zeros(6400, bool)
     frame[::7] = True
-    indices, signs = pong.diff_frame(frame, frame.copy())
+    indices, signs = pong.diff_frame(frame, frame.copy())  # as on an episode's first step: no motion yet
+    assert indices.dtype == np.int16 and signs.dtype == np.int8
     assert len(indices) == 0 and len(signs) == 0
 
 
@@ -198,36 +193,44 @@ def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
 
 # --- returns -----------------------------------------------------------------------
 
-def test_discounted_returns_reset_at_every_point(pong):
-    np.testing.assert_allclose(pong.discounted_returns([0, 0, 1, 0, -1], 0.99),
-                               [0.9801, 0.99, 1, -0.99, -1], rtol=1e-6)
+def one_episode_returns(pong, rewards, gamma):
+    """batch_returns of a batch of one episode with these rewards."""
+    n = len(rewards)
+    episode = pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
+                           np.zeros(n, np.int8), np.array(rewards, np.int8))
+    return pong.batch_returns([episode], gamma)
 
 
-def test_discounted_returns_without_a_reset(pong):
-    np.testing.assert_allclose(pong.discounted_returns([0, 0, 0, 1], 0.99), [0.970299, 0.9801, 0.99, 1], rtol=1e-6)
-    np.testing.assert_allclose(pong.discounted_returns([0, 0, -1, 0, 1], 0.5), [-0.25, -0.5, -1, 0.5, 1], rtol=1e-6)
+def standardised(values):
+    values = np.array(values, np.float64)
+    return (values - values.mean()) / values.std()
 
 
-def test_discounted_returns_accept_the_int8_rewards_of_an_episode(pong):
-    returns = pong.discounted_returns(np.array([0, -1, 0, 1], np.int8), 0.99)
+def test_returns_are_discounted_back_from_each_point_resetting_at_every_point(pong):
+    np.testing.assert_allclose(one_episode_returns(pong, [0, 0, 1, 0, -1], 0.99),
+                               standardised([0.9801, 0.99, 1, -0.99, -1]), rtol=1e-5)
+    np.testing.assert_allclose(one_episode_returns(pong, [0, 0, -1, 0, 1], 0.5),
+                               standardised([-0.25, -0.5, -1, 0.5, 1]), rtol=1e-5)
+
+
+def test_returns_of_the_int8_rewards_of_an_episode_are_float32(pong):
+    returns = one_episode_returns(pong, [0, -1, 0, 1], 0.99)
     assert returns.dtype == np.float32
-    np.testing.assert_allclose(returns, [-0.99, -1, 0.99, 1], rtol=1e-6)
+    np.testing.assert_allclose(returns, standardised([-0.99, -1, 0.99, 1]), rtol=1e-5)
 
 
-def test_standardise_hand_values(pong):
-    np.testing.assert_allclose(pong.standardise(np.array([1.0, 2.0, 3.0])), [-math.sqrt(1.5), 0, math.sqrt(1.5)])
-
-
-def test_standardise_gives_mean_0_std_1(pong):
-    out = pong.standardise(np.random.default_rng(0).normal(5, 3, 1000).astype(np.float32))
+def test_returns_have_mean_0_and_std_1_over_the_batch(pong):
+    rewards = np.zeros(1000, np.int8)
+    rewards[9::10] = np.random.default_rng(0).choice([-1, 1], 100)
+    out = one_episode_returns(pong, rewards, 0.99)
     assert out.mean() == pytest.approx(0, abs=1e-5)
     assert out.std() == pytest.approx(1, abs=1e-5)
 
 
-def test_standardise_all_equal_returns_gives_zeros(pong):
-    out = pong.standardise(np.full(5, -0.7, np.float32))
+def test_all_equal_returns_become_zeros_not_nan(pong):
+    out = one_episode_returns(pong, [0, 0, 1], 1.0)  # undiscounted: 1, 1, 1
     assert not np.isnan(out).any()
-    np.testing.assert_array_equal(out, np.zeros(5))
+    np.testing.assert_array_equal(out, np.zeros(3))
 
 
 # --- the update ---------------------------------------------------------------------
@@ -703,13 +706,20 @@ def test_video_draws_each_pixel_as_a_block_and_a_gif_keeps_the_first_frames(pong
     assert np.array_equal(written, frames[:3].repeat(2, axis=1).repeat(2, axis=2))
 
 
-@pytest.mark.parametrize("frames", [0, 2])
-def test_a_discarded_video_leaves_no_file_even_before_its_first_frame(pong, tmp_path, frames):
-    video = pong.Video(str(tmp_path / "clip.mp4"), 3)
-    for _ in range(frames):
-        video.add(np.zeros((210, 160, 3), np.uint8))
-    video.discard()
-    video.close()  # play_episode closes every video it opened, discarded or not
+@pytest.mark.parametrize("checks_before_stop", [0, 3])
+def test_an_episode_stopped_part_way_leaves_no_video(pong, tmp_path, checks_before_stop):
+    """A stop part-way through an episode (Ctrl-C during --play --record) removes its unfinished video, whether
+    ffmpeg has written anything yet or not."""
+    checks = []
+    player = pong.LocalPlayer((1, 0), recording=pong.Recording(str(tmp_path), 1, 3, None))
+    weights = [np.zeros((6400, 200), np.float32), np.zeros(200, np.float32), np.zeros((200, 3), np.float32),
+               np.zeros(3, np.float32)]
+    try:
+        played = list(player.play(weights, [0], lambda line: None,
+                                  lambda: checks.append(1) or len(checks) > checks_before_stop))
+    finally:
+        player.close()
+    assert played == [] and len(checks) == checks_before_stop + 1
     assert list(tmp_path.iterdir()) == []
 
 
