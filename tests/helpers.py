@@ -241,6 +241,19 @@ def assert_one_line_error(result):
         f"expected exactly one non-empty stderr line, got {len(result.stderr_lines)}:\n{result.stderr}")
 
 
+def rewards_episode(pong, rewards):
+    """An Episode with these rewards and nothing else: empty frames, all labels 0."""
+    n = len(rewards)
+    return pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
+                        np.zeros(n, np.int8), np.array(rewards, np.int8))
+
+
+def standardised(values):
+    """The tutorial's standardisation, in float64: zero mean, unit deviation."""
+    values = np.array(values, np.float64)
+    return (values - values.mean()) / values.std()
+
+
 def new_policy(pong, hidden_units=200, seed_value=1):
     """pong.build_policy, as often as a test needs: TensorLayer refuses a
     second model named 'policy' in one process (the script builds one), so the

@@ -15,7 +15,7 @@ import tensorlayer as tl
 
 from helpers import (CHECKPOINT_NAME, EPISODE_RE, SAVED_RE, SCRIPT, LiveRun, assert_one_line_error,
                      descendants, left_after, load_checkpoint, new_policy, parse_train_log, read_progress,
-                     run_script, script_env)
+                     rewards_episode, run_script, script_env, standardised)
 
 TINY = ["--batch-size", 1, "--envs", 1, "--hidden", 8]
 
@@ -255,21 +255,15 @@ def test_a_cut_episode_ends_at_the_step_limit_and_its_undecided_steps_get_no_cre
 
 
 def test_batch_returns_give_undecided_steps_0_and_leave_whole_episodes_as_the_tutorial_does(pong):
-    def episode(rewards):
-        rewards = np.array(rewards, np.int8)
-        n = len(rewards)
-        return pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
-                            np.zeros(n, np.int8), rewards)
-    whole = [episode([0, 0, 1, 0, -1]), episode([0, -1])]
-    discounted = np.array([0.9801, 0.99, 1, -0.99, -1, -0.99, -1])  # by hand, resetting at every point
-    plain = (discounted - discounted.mean()) / discounted.std()
-    np.testing.assert_allclose(pong.batch_returns(whole, 0.99), plain, rtol=1e-5)
+    # by hand, resetting at every point: the whole batch below, and the decided steps of the cut one
+    discounted = [0.9801, 0.99, 1, -0.99, -1, -0.99, -1]
+    whole = [rewards_episode(pong, [0, 0, 1, 0, -1]), rewards_episode(pong, [0, -1])]
+    np.testing.assert_allclose(pong.batch_returns(whole, 0.99), standardised(discounted), rtol=1e-5)
 
-    cut = [episode([0, 0, 1, 0, -1]), episode([0, -1, 0, 0])]  # the second ends in an undecided point
+    cut = [rewards_episode(pong, [0, 0, 1, 0, -1]), rewards_episode(pong, [0, -1, 0, 0])]  # ends undecided
     returns = pong.batch_returns(cut, 0.99)
     np.testing.assert_array_equal(returns[-2:], [0, 0])
-    decided = np.array([0.9801, 0.99, 1, -0.99, -1, -0.99, -1])  # the first episode and the second's first point
-    np.testing.assert_allclose(returns[:-2], (decided - decided.mean()) / decided.std(), rtol=1e-5)
+    np.testing.assert_allclose(returns[:-2], standardised(discounted), rtol=1e-5)
 
 
 # --- (5) settings kept in the checkpoint ---------------------------------------------------

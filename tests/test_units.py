@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorlayer as tl
 
-from helpers import PROGRESS_FIELDS, REPO, load_checkpoint, new_policy
+from helpers import PROGRESS_FIELDS, REPO, load_checkpoint, new_policy, rewards_episode, standardised
 
 SCREEN_SHAPE = (210, 160)  # the emulator's screen, one palette index per pixel
 BACKGROUND = 34  # the playing field's colour (red 144 in RGB)
@@ -195,15 +195,7 @@ def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
 
 def one_episode_returns(pong, rewards, gamma):
     """batch_returns of a batch of one episode with these rewards."""
-    n = len(rewards)
-    episode = pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
-                           np.zeros(n, np.int8), np.array(rewards, np.int8))
-    return pong.batch_returns([episode], gamma)
-
-
-def standardised(values):
-    values = np.array(values, np.float64)
-    return (values - values.mean()) / values.std()
+    return pong.batch_returns([rewards_episode(pong, rewards)], gamma)
 
 
 def test_returns_are_discounted_back_from_each_point_resetting_at_every_point(pong):
