@@ -787,7 +787,7 @@ def plot(folders):
             top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
         means = np.array([runs[folder]["running_mean"][:length] for folder in group])
         points = np.array([shares[folder][0][:length - window + 1] for folder in group])
-        label = name if len(group) == 1 else f"{name} ({len(group)} seeds: mean, and the band from min to max)"
+        label = name if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
         line, = top.plot(episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)")
         bottom.plot(episodes[window - 1:], points.mean(0), linewidth=2, color=line.get_color(),
                     label=f"{label}: points won")
@@ -804,7 +804,7 @@ def plot(folders):
     if last >= 30000:
         bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
         bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(folders))
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(seed_groups(folders)))
     bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
     for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
         axis.axhline(even, color="grey", linewidth=0.8)

@@ -425,9 +425,10 @@ def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, 
     figure = pong.plot(args)
     top, bottom = figure.axes
     labels = [line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")]
-    assert labels == [f"{trial} (2 seeds: mean, and the band from min to max): running mean (4 episodes)",
+    assert labels == [f"{trial} (mean of 2 seeds, band: min to max): running mean (4 episodes)",
                       f"{other}: running mean (4 episodes)"]
     np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
     assert len(top.collections) == 1, "one band, for the setting with two seeds"
+    assert top.get_title() == f"Pong from pixels: {trial}, {other}", "the title names each setting once"
     assert (tmp_path / "learning_curve.png").exists()
     assert capsys.readouterr().out.count(" hours of training; over the ") == 3, "each folder still gets its own table"
