@@ -780,7 +780,8 @@ def plot(folders):
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
     shares = {folder: shares_won(run, window) for folder, run in runs.items()}
-    for name, group in seed_groups(folders).items():
+    groups = seed_groups(folders)
+    for name, group in groups.items():
         length = min(len(runs[folder]["episode"]) for folder in group)
         episodes = runs[group[0]]["episode"][:length]
         if len(runs) == 1:  # one run: every episode as a dot behind its mean
@@ -804,7 +805,7 @@ def plot(folders):
     if last >= 30000:
         bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
         bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(seed_groups(folders)))
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(groups))
     bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
     for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
         axis.axhline(even, color="grey", linewidth=0.8)
