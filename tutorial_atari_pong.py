@@ -194,12 +194,12 @@ def require_finite(tensors, problem):
 
 
 def sparse_product(frames, weights):
-    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone (frames^T @ upstream):
-    TensorFlow's own would also build one for the frames, which are data."""
+    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone (frames^T @ upstream, by
+    an explicit transpose: adjoint_a=True sums in an order that varies from call to call, so reruns would drift)."""
     @tf.custom_gradient
     def product(w):
         return csr.sparse_matrix_mat_mul(frames, w), \
-            lambda upstream: csr.sparse_matrix_mat_mul(frames, upstream, adjoint_a=True)
+            lambda upstream: csr.sparse_matrix_mat_mul(csr.sparse_matrix_transpose(frames, tf.float32), upstream)
     return product(weights)
 
 
