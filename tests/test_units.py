@@ -317,7 +317,6 @@ def test_update_policy_applies_the_dense_gradient_whatever_the_chunk_size(pong, 
     assert np.abs(applied[0][0]).max() > 0  # the comparison is not between two zero gradients
 
 
-
 def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
     """A run repeats itself only if its updates do: on a batch the size of a real one (~15,000 steps of ~20
     changed pixels), TensorFlow's CSR product with adjoint_a=True came out different in the last bits on 7 of
@@ -337,6 +336,7 @@ def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
     for _ in range(8):
         for got, expected in zip(gradients(), first):
             np.testing.assert_array_equal(got, expected)
+
 
 def one_weight(values):
     """A stand-in model with one weight, for the optimizer alone."""
