@@ -216,11 +216,14 @@ def test_sigterm_stops_the_runs_saved_and_queues_the_trial_again(tmp_path):
 def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
     """Five finished trials that won every point at every report, then a
     setting at the top of the learning-rate range: the median pruner stops
-    it at its first report past the warm-up."""
+    it at its first report past the warm-up, long before its last episode
+    (14 episodes: the sweep looks every second and tiny episodes take a
+    quarter of one, so with 6 a slow look let the run finish first)."""
+    episodes = 14
     url = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
     (tmp_path / "runs").mkdir()
     study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
-    for name, value in {"episodes": 6, "seeds": 1, "run_flags": TINY[1:]}.items():
+    for name, value in {"episodes": episodes, "seeds": 1, "run_flags": TINY[1:]}.items():
         study.set_user_attr(name, value)
     distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
                      "decay_rate": optuna.distributions.FloatDistribution(0.9, 0.999),
@@ -230,7 +233,7 @@ def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
         study.add_trial(optuna.trial.create_trial(
             params={"learning_rate": lr, "decay_rate": 0.99, "init": "glorot-uniform"},
             distributions=distributions, value=21.0, intermediate_values={2: 21.0, 4: 21.0}))
-    result = run_sweep(["--trials", 6, "--episodes", 6, "--seeds", 1, "--save-every", 2,
+    result = run_sweep(["--trials", 6, "--episodes", episodes, "--seeds", 1, "--save-every", 2,
                         "--enqueue", "learning_rate=1e-2,decay_rate=0.9,init=he-normal", *TINY], tmp_path)
     assert result.returncode == 0, result.describe()
     pruned = load(tmp_path).get_trials()[5]
@@ -238,7 +241,7 @@ def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
     assert pruned.params == {"learning_rate": 1e-2, "decay_rate": 0.9, "init": "he-normal"}
     assert "trial 5 pruned at episode 2" in result.stdout
     seed_folder = tmp_path / "runs" / "pong" / "trial-0005" / "seed-1"
-    assert checkpoint_episode(seed_folder) < 6  # stopped early, saved
+    assert checkpoint_episode(seed_folder) < episodes  # stopped early, saved
     assert (seed_folder / "train.log").read_text().splitlines()[-1].startswith("saved checkpoint to")
     report = run_sweep(["--report"], tmp_path)
     assert report.returncode == 0, report.describe()
