@@ -14,6 +14,7 @@ share one study.
     python sweep.py --report                                   # which settings win
     python sweep.py --plot runs/pong/trial-0003/seed-*         # its learning curves
 """
+
 import argparse
 import ast
 import collections
@@ -55,16 +56,38 @@ save_every = 100  # episodes between checkpoints and between reports to the prun
 grace_period = 120  # seconds without a heartbeat before a trial counts as dead and is retried
 
 SCRIPT = pathlib.Path(__file__).resolve().parent / "tutorial_atari_pong.py"
-PARAMS = ("learning_rate", "decay_rate", "init")  # Optuna's names, and the script's flags with - for _
-SET_BY_SWEEP = ("--model-dir", "--model", "--seed", "--learning-rate", "--decay-rate", "--init",
-                "--episodes", "--save-every", "--resume", "--restart", "--play", "--plot", "--render",
-                "--record", "--record-every", "--record-scale", "--record-gif")
+PARAMS = (
+    "learning_rate",
+    "decay_rate",
+    "init",
+)  # Optuna's names, and the script's flags with - for _
+SET_BY_SWEEP = (
+    "--model-dir",
+    "--model",
+    "--seed",
+    "--learning-rate",
+    "--decay-rate",
+    "--init",
+    "--episodes",
+    "--save-every",
+    "--resume",
+    "--restart",
+    "--play",
+    "--plot",
+    "--render",
+    "--record",
+    "--record-every",
+    "--record-scale",
+    "--record-gif",
+)
 STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is killed
 POLL_SECONDS = 1  # how often the runs' progress.csv files are read
 WAIT_SECONDS = 5  # how often a sweep with nothing to train looks at the study again
 WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
-OBJECTIVE = ("the mean episode reward over the last tenth of the E episodes (reward: points won minus "
-             "points lost, -21 to +21), averaged over the seeds")
+OBJECTIVE = (
+    "the mean episode reward over the last tenth of the E episodes (reward: points won minus "
+    "points lost, -21 to +21), averaged over the seeds"
+)
 
 warnings.filterwarnings("ignore", message=".*is experimental.*")  # Optuna's heartbeat and retry
 import optuna  # noqa: E402  (after the filter: importing some of its parts warns)
@@ -95,20 +118,27 @@ def fail(message, status=2):
 
 # --- The search block and the script ---------------------------------------
 
+
 def script_names():
     """The script's initialiser names and its default setting, read from its
     source (importing it would start TensorFlow)."""
     tree = ast.parse(SCRIPT.read_text(), str(SCRIPT))
     values = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             name = node.targets[0].id
             if name in ("learning_rate", "decay_rate", "init"):
                 values[name] = ast.literal_eval(node.value)
             elif name == "INITIALISERS" and isinstance(node.value, ast.Dict):
                 values[name] = [ast.literal_eval(key) for key in node.value.keys]
     if "INITIALISERS" not in values or "init" not in values:
-        raise SweepError(f"{SCRIPT.name} has no --init (no INITIALISERS table): it is older than this sweep")
+        raise SweepError(
+            f"{SCRIPT.name} has no --init (no INITIALISERS table): it is older than this sweep"
+        )
     return values
 
 
@@ -121,22 +151,31 @@ def check_search_block(known_initialisers):
         raise SweepError(f"DECAY_RATE = {DECAY_RATE} in sweep.py: need 0 <= low < high < 1")
     unknown = [name for name in INITIALISERS if name not in known_initialisers]
     if not INITIALISERS or unknown or len(set(INITIALISERS)) < len(INITIALISERS):
-        raise SweepError(f"INITIALISERS = {INITIALISERS} in sweep.py: need distinct names from "
-                         f"{', '.join(known_initialisers)}")
+        raise SweepError(
+            f"INITIALISERS = {INITIALISERS} in sweep.py: need distinct names from "
+            f"{', '.join(known_initialisers)}"
+        )
     if not 1 <= PRUNE_STARTUP_TRIALS or not 0 <= PRUNE_WARMUP_FRACTION < 1:
-        raise SweepError("PRUNE_STARTUP_TRIALS must be >= 1 and PRUNE_WARMUP_FRACTION in [0, 1) in sweep.py")
+        raise SweepError(
+            "PRUNE_STARTUP_TRIALS must be >= 1 and PRUNE_WARMUP_FRACTION in [0, 1) in sweep.py"
+        )
 
 
 def suggest(trial):
     """One setting from the search block (a queued trial's fixed values come back as they are)."""
-    return {"learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
-            "decay_rate": trial.suggest_float("decay_rate", *DECAY_RATE),
-            "init": trial.suggest_categorical("init", INITIALISERS)}
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
+        "decay_rate": trial.suggest_float("decay_rate", *DECAY_RATE),
+        "init": trial.suggest_categorical("init", INITIALISERS),
+    }
 
 
 def in_search_block(setting):
-    return (LEARNING_RATE[0] <= setting["learning_rate"] <= LEARNING_RATE[1]
-            and DECAY_RATE[0] <= setting["decay_rate"] <= DECAY_RATE[1] and setting["init"] in INITIALISERS)
+    return (
+        LEARNING_RATE[0] <= setting["learning_rate"] <= LEARNING_RATE[1]
+        and DECAY_RATE[0] <= setting["decay_rate"] <= DECAY_RATE[1]
+        and setting["init"] in INITIALISERS
+    )
 
 
 def parse_setting(text, defaults):
@@ -146,32 +185,45 @@ def parse_setting(text, defaults):
         name, _, value = part.partition("=")
         name = name.strip().replace("-", "_")
         if name not in PARAMS or not value:
-            raise SweepError(f"--enqueue {text}: expected NAME=VALUE,... with names {', '.join(PARAMS)}")
+            raise SweepError(
+                f"--enqueue {text}: expected NAME=VALUE,... with names {', '.join(PARAMS)}"
+            )
         try:
             setting[name] = value.strip() if name == "init" else float(value)
         except ValueError:
             raise SweepError(f"--enqueue {text}: {value} is not a number") from None
     if not in_search_block(setting):
-        raise SweepError(f"--enqueue {text}: outside the search block (learning rate {LEARNING_RATE}, "
-                         f"decay rate {DECAY_RATE}, init one of {', '.join(INITIALISERS)})")
+        raise SweepError(
+            f"--enqueue {text}: outside the search block (learning rate {LEARNING_RATE}, "
+            f"decay rate {DECAY_RATE}, init one of {', '.join(INITIALISERS)})"
+        )
     return setting
 
 
 def describe(setting):
-    return (f"learning_rate={setting['learning_rate']:.3g}, decay_rate={setting['decay_rate']:.4g}, "
-            f"init={setting['init']}")
+    return (
+        f"learning_rate={setting['learning_rate']:.3g}, decay_rate={setting['decay_rate']:.4g}, "
+        f"init={setting['init']}"
+    )
 
 
 def check_run_flags(flags):
     """Flags after --: any of the script's, except those the sweep sets for each run."""
     for flag in flags:
         name = flag.split("=", 1)[0]
-        if name.startswith("--") and len(name) > 2 and any(taken.startswith(name) for taken in SET_BY_SWEEP):
-            raise SweepError(f"{flag} after --: the sweep sets it for each run itself (it sets "
-                             f"{', '.join(SET_BY_SWEEP[:8])}; the other flags it leaves out)")
+        if (
+            name.startswith("--")
+            and len(name) > 2
+            and any(taken.startswith(name) for taken in SET_BY_SWEEP)
+        ):
+            raise SweepError(
+                f"{flag} after --: the sweep sets it for each run itself (it sets "
+                f"{', '.join(SET_BY_SWEEP[:8])}; the other flags it leaves out)"
+            )
 
 
 # --- Storage ----------------------------------------------------------------
+
 
 def storage_url(args):
     return args.storage or f"sqlite:///{os.path.join(args.runs, 'studies.db')}"
@@ -180,16 +232,21 @@ def storage_url(args):
 def open_storage(url, must_exist, grace_seconds=None, retry=None):
     """Optuna's RDB storage on url; any failure to reach it is one line."""
     import sqlalchemy
+
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception as error:
         raise SweepError(f"--storage {url}: not a database URL ({error})") from None
-    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 took psycopg 3 for it; requirements.txt has psycopg2
+    if (
+        parsed.drivername == "postgresql"
+    ):  # SQLAlchemy 2.1 took psycopg 3 for it; requirements.txt has psycopg2
         parsed = parsed.set(drivername="postgresql+psycopg2")
         url = parsed.render_as_string(hide_password=False)
     engine_kwargs = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": 60}  # two sweeps on one file wait for each other's writes
+        engine_kwargs["connect_args"] = {
+            "timeout": 60
+        }  # two sweeps on one file wait for each other's writes
         if parsed.database and parsed.database != ":memory:":
             if must_exist and not os.path.exists(parsed.database):
                 raise SweepError(f"no study database at {parsed.database} (--storage, --runs)")
@@ -198,16 +255,22 @@ def open_storage(url, must_exist, grace_seconds=None, retry=None):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, grace_period=grace_seconds,
+            url,
+            engine_kwargs=engine_kwargs,
+            grace_period=grace_seconds,
             heartbeat_interval=None if grace_seconds is None else max(1, grace_seconds // 5),
-            heartbeat_stale_trial_callback=retry)
+            heartbeat_stale_trial_callback=retry,
+        )
     except Exception as error:  # a missing driver, a refused connection, a file that is no database
         reason = " ".join(str(error).split())
-        raise SweepError(f"cannot open the study database {hide_password(url)}: {reason[:300]}") from None
+        raise SweepError(
+            f"cannot open the study database {hide_password(url)}: {reason[:300]}"
+        ) from None
 
 
 def hide_password(url):
     import sqlalchemy
+
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -219,23 +282,31 @@ def open_study(args, storage, settings):
     first trial). Its episodes, seeds and run flags are kept in the study:
     trials are compared only if trained alike."""
     try:
-        optuna_study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
+        optuna_study = optuna.create_study(
+            study_name=args.study, storage=storage, direction="maximize"
+        )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         optuna_study = optuna.load_study(study_name=args.study, storage=storage)
         created = False
     wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
-    kept = {name: optuna_study.user_attrs[name] for name in wanted if name in optuna_study.user_attrs}
+    kept = {
+        name: optuna_study.user_attrs[name] for name in wanted if name in optuna_study.user_attrs
+    }
     if kept and kept != wanted and optuna_study.get_trials(deepcopy=False, states=FINISHED):
-        raise SweepError(f"study {args.study} trains with {command_line(kept)}; this command has "
-                         f"{command_line(wanted)}: give the same, or a new --study")
+        raise SweepError(
+            f"study {args.study} trains with {command_line(kept)}; this command has "
+            f"{command_line(wanted)}: give the same, or a new --study"
+        )
     for name, value in wanted.items():
         optuna_study.set_user_attr(name, value)
     if created:
         tutorial = {name: settings[name] for name in PARAMS}
         if in_search_block(tutorial):
             optuna_study.enqueue_trial(tutorial)
-            print(f"new study {args.study}: its first trial is the tutorial's setting ({describe(tutorial)})")
+            print(
+                f"new study {args.study}: its first trial is the tutorial's setting ({describe(tutorial)})"
+            )
     for text in args.enqueue:
         optuna_study.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
     return optuna_study
@@ -243,10 +314,13 @@ def open_study(args, storage, settings):
 
 def command_line(kept):
     flags = " ".join(kept.get("run_flags", []))
-    return f"--episodes {kept.get('episodes')} --seeds {kept.get('seeds')}" + (f" -- {flags}" if flags else "")
+    return f"--episodes {kept.get('episodes')} --seeds {kept.get('seeds')}" + (
+        f" -- {flags}" if flags else ""
+    )
 
 
 # --- One run: the script in a seed's folder -----------------------------------
+
 
 def exit_with_sweep():
     """In the run, before the script starts: the kernel sends it SIGTERM when
@@ -257,8 +331,11 @@ def exit_with_sweep():
 
     def preexec():
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != sweep_pid:  # the sweep died before the line above: no one would stop this run
+        if (
+            os.getppid() != sweep_pid
+        ):  # the sweep died before the line above: no one would stop this run
             os._exit(1)
+
     return preexec if sys.platform.startswith("linux") else None
 
 
@@ -271,7 +348,9 @@ def checkpoint_episode(folder):
         with np.load(path, allow_pickle=False) as data:
             return int(data["state/episode"])
     except (OSError, KeyError, ValueError) as error:
-        raise SweepError(f"{path} cannot be read ({error}): move it away to start that run over") from None
+        raise SweepError(
+            f"{path} cannot be read ({error}): move it away to start that run over"
+        ) from None
 
 
 def folder_locked_by(folder):
@@ -300,15 +379,39 @@ class Run:
         self.folder, self.seed = folder, seed_value
         self.stderr_path = folder / "stderr.log"
         self.stderr_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
-        command = [sys.executable, str(SCRIPT), "--resume" if done is not None else "--restart",
-                   "--model-dir", str(folder), "--seed", str(seed_value), "--envs", str(envs),
-                   "--learning-rate", repr(setting["learning_rate"]), "--decay-rate", repr(setting["decay_rate"]),
-                   "--init", setting["init"], "--save-every", str(args.save_every),
-                   "--episodes", str(args.episodes - (done or 0)), *args.run_flags]
+        command = [
+            sys.executable,
+            str(SCRIPT),
+            "--resume" if done is not None else "--restart",
+            "--model-dir",
+            str(folder),
+            "--seed",
+            str(seed_value),
+            "--envs",
+            str(envs),
+            "--learning-rate",
+            repr(setting["learning_rate"]),
+            "--decay-rate",
+            repr(setting["decay_rate"]),
+            "--init",
+            setting["init"],
+            "--save-every",
+            str(args.save_every),
+            "--episodes",
+            str(args.episodes - (done or 0)),
+            *args.run_flags,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(folder / "train.log", "a") as out, open(self.stderr_path, "a") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True, preexec_fn=exit_with_sweep())
+            self.process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=exit_with_sweep(),
+            )
 
     def error_line(self):
         with open(self.stderr_path) as f:
@@ -333,21 +436,35 @@ def stop_runs(active):
 
 # --- Reading a run's progress ---------------------------------------------------
 
-FIELDS = ["episode", "reward", "running_mean", "points_won", "points_lost", "steps", "seconds", "wall_time"]
+FIELDS = [
+    "episode",
+    "reward",
+    "running_mean",
+    "points_won",
+    "points_lost",
+    "steps",
+    "seconds",
+    "wall_time",
+]
 
 
 def whole_rows(path):
     """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
     well-formed (an episode number, finite numbers, a wall time), and how many other rows it holds."""
-    with open(path, newline="", errors="replace") as f:  # bytes that are not UTF-8 make their row malformed
+    with open(
+        path, newline="", errors="replace"
+    ) as f:  # bytes that are not UTF-8 make their row malformed
         lines = f.read().splitlines(keepends=True)[1:]
     rows = []
     for line in lines:
         with contextlib.suppress(csv.Error, StopIteration, ValueError):
             row = dict(zip(FIELDS, next(csv.reader([line])), strict=True))
             datetime.datetime.fromisoformat(row["wall_time"])
-            if line.endswith("\n") and int(row["episode"]) >= 0 and all(math.isfinite(float(row[name]))
-                                                                         for name in FIELDS[1:-1]):
+            if (
+                line.endswith("\n")
+                and int(row["episode"]) >= 0
+                and all(math.isfinite(float(row[name])) for name in FIELDS[1:-1])
+            ):
                 rows.append(row)
     return rows, len(lines) - len(rows)
 
@@ -373,7 +490,9 @@ def progress_rows(folder, episodes_wanted=math.inf, say_skipped=False):
 
 def hours_trained(rows):
     """The hours of training up to each row: the wall-clock between episodes, leaving out gaps of stops."""
-    times = np.array([datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows])
+    times = np.array(
+        [datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows]
+    )
     gaps = np.diff(times, prepend=times[:1])
     return np.cumsum(np.where((gaps >= 0) & (gaps < WALL_GAP_SECONDS), gaps, 0)) / 3600
 
@@ -384,19 +503,25 @@ def training_hours(rows):
 
 def last_tenth(rows_by_seed):
     """The objective and what the report shows, over the last tenth of each seed's episodes."""
-    tails = [rows[-max(1, len(rows) // 10):] for rows in rows_by_seed]
+    tails = [rows[-max(1, len(rows) // 10) :] for rows in rows_by_seed]
     rewards = [[float(row["reward"]) for row in tail] for tail in tails]
     won = sum(int(row["points_won"]) for tail in tails for row in tail)
     lost = sum(int(row["points_lost"]) for tail in tails for row in tail)
-    return {"mean_reward": float(np.mean([np.mean(r) for r in rewards])),
-            "episodes": min(len(rows) for rows in rows_by_seed),
-            "points_won": won, "points_played": won + lost,
-            "games_won": sum(int(row["points_won"]) > int(row["points_lost"]) for tail in tails for row in tail),
-            "games": sum(len(tail) for tail in tails),
-            "hours": max(training_hours(rows) for rows in rows_by_seed)}
+    return {
+        "mean_reward": float(np.mean([np.mean(r) for r in rewards])),
+        "episodes": min(len(rows) for rows in rows_by_seed),
+        "points_won": won,
+        "points_played": won + lost,
+        "games_won": sum(
+            int(row["points_won"]) > int(row["points_lost"]) for tail in tails for row in tail
+        ),
+        "games": sum(len(tail) for tail in tails),
+        "hours": max(training_hours(rows) for rows in rows_by_seed),
+    }
 
 
 # --- One trial --------------------------------------------------------------
+
 
 def trial_folder(args, trial):
     """A retried trial keeps the first attempt's folder, so its runs resume there."""
@@ -406,7 +531,9 @@ def trial_folder(args, trial):
 
 
 def make_objective(args, stop_requested, current):
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     envs = max(1, cores // args.seeds)
 
     def objective(trial):
@@ -416,23 +543,40 @@ def make_objective(args, stop_requested, current):
         setting = suggest(trial)
         folder = trial_folder(args, trial)
         trial.set_user_attr("host", socket.gethostname())
-        print(f"trial {trial.number}: {describe(setting)}, {args.seeds} runs in {folder}"
-              + (f" (trial {trial.user_attrs['folder'][6:].lstrip('0') or 0} tried again)"
-                 if trial.user_attrs["folder"] != f"trial-{trial.number:04d}" else ""), flush=True)
+        print(
+            f"trial {trial.number}: {describe(setting)}, {args.seeds} runs in {folder}"
+            + (
+                f" (trial {trial.user_attrs['folder'][6:].lstrip('0') or 0} tried again)"
+                if trial.user_attrs["folder"] != f"trial-{trial.number:04d}"
+                else ""
+            ),
+            flush=True,
+        )
         done = {}
         for seed_value in range(1, args.seeds + 1):
             seed_folder = folder / f"seed-{seed_value}"
             seed_folder.mkdir(parents=True, exist_ok=True)
             holder = folder_locked_by(seed_folder)
             if holder:
-                raise SweepError(f"another training run (pid {holder}) is using {seed_folder}: "
-                                 f"trial {trial.number} waits in the study until it is free")
+                raise SweepError(
+                    f"another training run (pid {holder}) is using {seed_folder}: "
+                    f"trial {trial.number} waits in the study until it is free"
+                )
             done[seed_value] = checkpoint_episode(seed_folder)
         active = []
         try:
             for seed_value, episodes_done in done.items():
                 if episodes_done is None or episodes_done < args.episodes:
-                    active.append(Run(folder / f"seed-{seed_value}", seed_value, setting, episodes_done, args, envs))
+                    active.append(
+                        Run(
+                            folder / f"seed-{seed_value}",
+                            seed_value,
+                            setting,
+                            episodes_done,
+                            args,
+                            envs,
+                        )
+                    )
             rows_by_seed = watch(trial, folder, active, args, stop_requested)
         except BaseException:
             stop_runs(active)
@@ -440,9 +584,13 @@ def make_objective(args, stop_requested, current):
         result = last_tenth(rows_by_seed)
         for name, value in result.items():
             trial.set_user_attr(name, value)
-        print(f"trial {trial.number} complete: objective {result['mean_reward']:+.3f} "
-              f"({describe(setting)})", flush=True)
+        print(
+            f"trial {trial.number} complete: objective {result['mean_reward']:+.3f} "
+            f"({describe(setting)})",
+            flush=True,
+        )
         return result["mean_reward"]
+
     return objective
 
 
@@ -457,31 +605,49 @@ def watch(trial, folder, active, args, stop_requested):
             raise Stopped()
         rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
         reachable = min(len(rows) for rows in rows_by_seed) // args.save_every * args.save_every
-        for step in range(reported + args.save_every, min(reachable, args.episodes - 1) + 1, args.save_every):
+        for step in range(
+            reported + args.save_every, min(reachable, args.episodes - 1) + 1, args.save_every
+        ):
             value = float(np.mean([float(rows[step - 1]["running_mean"]) for rows in rows_by_seed]))
             trial.report(value, step)
             reported = step
-            print(f"trial {trial.number} episode {step}: the seeds' mean running mean {value:+.3f}", flush=True)
+            print(
+                f"trial {trial.number} episode {step}: the seeds' mean running mean {value:+.3f}",
+                flush=True,
+            )
             if trial.should_prune():
                 stop_runs(active)
-                prune(trial, [progress_rows(f, args.episodes) for f in seed_folders],
-                      f"pruned at episode {step}: mean running mean {value:+.3f} is below the median")
+                prune(
+                    trial,
+                    [progress_rows(f, args.episodes) for f in seed_folders],
+                    f"pruned at episode {step}: mean running mean {value:+.3f} is below the median",
+                )
         for run in active:
             returncode = run.process.poll()
             if returncode is not None and returncode != 0:
                 stop_runs(active)
                 message = run.error_line()
-                if "NaN or infinity" in message:  # the setting diverged: as hopeless as a pruned one
-                    prune(trial, [progress_rows(f, args.episodes) for f in seed_folders],
-                          f"diverged, seed {run.seed}: {message}")
-                raise SweepError(f"trial {trial.number}, seed {run.seed} ({run.folder}): {message}",
-                                 2 if returncode == 2 else 1)
+                if (
+                    "NaN or infinity" in message
+                ):  # the setting diverged: as hopeless as a pruned one
+                    prune(
+                        trial,
+                        [progress_rows(f, args.episodes) for f in seed_folders],
+                        f"diverged, seed {run.seed}: {message}",
+                    )
+                raise SweepError(
+                    f"trial {trial.number}, seed {run.seed} ({run.folder}): {message}",
+                    2 if returncode == 2 else 1,
+                )
         if all(run.process.poll() == 0 for run in active):
             rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
             short = [f for f, rows in zip(seed_folders, rows_by_seed) if len(rows) < args.episodes]
             if short:
-                raise SweepError(f"trial {trial.number}: the run in {short[0]} stopped before its "
-                                 f"{args.episodes} episodes (stopped by hand?)", 1)
+                raise SweepError(
+                    f"trial {trial.number}: the run in {short[0]} stopped before its "
+                    f"{args.episodes} episodes (stopped by hand?)",
+                    1,
+                )
             return rows_by_seed
         time.sleep(POLL_SECONDS)
 
@@ -497,11 +663,15 @@ def prune(trial, rows_by_seed, why):
 
 # --- The sweep ----------------------------------------------------------------
 
+
 def trial_counts(optuna_study):
     """Finished (complete or pruned), running and queued trials."""
     counts = collections.Counter(t.state for t in optuna_study.get_trials(deepcopy=False))
-    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING], \
-        counts[TrialState.WAITING]
+    return (
+        counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        counts[TrialState.RUNNING],
+        counts[TrialState.WAITING],
+    )
 
 
 def sweep(args):
@@ -511,30 +681,46 @@ def sweep(args):
     for text in args.enqueue:
         parse_setting(text, settings)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
-    storage = open_storage(storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry)
+    storage = open_storage(
+        storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry
+    )
     optuna_study = open_study(args, storage, settings)
-    optuna_study.pruner = (optuna.pruners.NopPruner() if args.no_prune else optuna.pruners.MedianPruner(
-        n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=int(args.episodes * PRUNE_WARMUP_FRACTION)))
+    optuna_study.pruner = (
+        optuna.pruners.NopPruner()
+        if args.no_prune
+        else optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNE_STARTUP_TRIALS,
+            n_warmup_steps=int(args.episodes * PRUNE_WARMUP_FRACTION),
+        )
+    )
 
     stop = {"requested": False}
 
     def request_stop(signum, frame):
         stop["requested"] = True
+
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     current = {}
     objective = make_objective(args, lambda: stop["requested"], current)
     waiting_said = False
     while not stop["requested"]:
-        optuna.storages.fail_stale_trials(optuna_study)  # a dead sweep's trial goes back into the queue
+        optuna.storages.fail_stale_trials(
+            optuna_study
+        )  # a dead sweep's trial goes back into the queue
         finished, running, queued = trial_counts(optuna_study)
         if finished >= args.trials:
-            print(f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done")
+            print(
+                f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done"
+            )
             return 0
         if finished + running >= args.trials and not queued:
             if not waiting_said:
-                print(f"{running} trials are running elsewhere, enough for --trials {args.trials}: waiting "
-                      "for them (a trial whose sweep has died is taken over here)", flush=True)
+                print(
+                    f"{running} trials are running elsewhere, enough for --trials {args.trials}: waiting "
+                    "for them (a trial whose sweep has died is taken over here)",
+                    flush=True,
+                )
                 waiting_said = True
             time.sleep(WAIT_SECONDS)
             continue
@@ -547,8 +733,10 @@ def sweep(args):
             retry_later(optuna_study, current, retry)
             raise error
     if retry_later(optuna_study, current, retry):
-        print(f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the same "
-              "command carries on")
+        print(
+            f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the same "
+            "command carries on"
+        )
     else:
         print("stopped between trials")
     return 0
@@ -568,41 +756,60 @@ def retry_later(optuna_study, current, retry):
 
 # --- The report ---------------------------------------------------------------
 
+
 def report(args):
     url = storage_url(args)
     storage = open_storage(url, must_exist=True)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if args.study not in names:
-        raise SweepError(f"no study {args.study} in {hide_password(url)} (there: {', '.join(names) or 'none'})")
+        raise SweepError(
+            f"no study {args.study} in {hide_password(url)} (there: {', '.join(names) or 'none'})"
+        )
     optuna_study = optuna.load_study(study_name=args.study, storage=storage)
     all_trials = optuna_study.get_trials()
     retried_as = {}
     for t in all_trials:
         for number in t.system_attrs.get("retry_history", []):
             retried_as[number] = t.number
-    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.WAITING: 3,
-             TrialState.FAIL: 4}
-    ranked = sorted(all_trials, key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf),
-                                               t.number))
+    order = {
+        TrialState.COMPLETE: 0,
+        TrialState.PRUNED: 1,
+        TrialState.RUNNING: 2,
+        TrialState.WAITING: 3,
+        TrialState.FAIL: 4,
+    }
+    ranked = sorted(
+        all_trials,
+        key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf), t.number),
+    )
     attrs = optuna_study.user_attrs
-    print(f"study {args.study}: {command_line(attrs)}; objective: mean episode reward over the last tenth "
-          "of the episodes, averaged over the seeds")
-    print(f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
-          f"{'objective':>9}  {'episodes':>8}  {'points won':>19}  {'games won':>13}  {'hours':>6}")
+    print(
+        f"study {args.study}: {command_line(attrs)}; objective: mean episode reward over the last tenth "
+        "of the episodes, averaged over the seeds"
+    )
+    print(
+        f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
+        f"{'objective':>9}  {'episodes':>8}  {'points won':>19}  {'games won':>13}  {'hours':>6}"
+    )
     for t in ranked:
         a = t.user_attrs
         state = t.state.name.lower()
         if t.state == TrialState.FAIL and t.number in retried_as:
             state = f"failed, retried {retried_as[t.number]}"
         params = t.params
-        points = (f"{a['points_won'] / a['points_played']:6.1%} ({a['points_won']}/{a['points_played']})"
-                  if a.get("points_played") else "-")
+        points = (
+            f"{a['points_won'] / a['points_played']:6.1%} ({a['points_won']}/{a['points_played']})"
+            if a.get("points_played")
+            else "-"
+        )
         games = f"{a['games_won']}/{a['games']}" if "games" in a else "-"
         hours = a.get("hours", trial_hours(t))
         objective_text = f"{a['mean_reward']:+.3f}" if "mean_reward" in a else "-"
-        print(f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
-              f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  {state:<18}  "
-              f"{objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  {games:>13}  {hours:>6.2f}")
+        print(
+            f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
+            f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  {state:<18}  "
+            f"{objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  {games:>13}  {hours:>6.2f}"
+        )
     figure = draw_report(optuna_study, all_trials, pathlib.Path(args.runs) / args.study)
     print(f"figure: {figure}")
     return 0
@@ -620,23 +827,37 @@ def draw_report(optuna_study, all_trials, folder):
     marker: initialiser) and each trial's reported running means; beside it
     Optuna's own plots, each in its own file, where the study has enough for them."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
     markers = dict(zip(INITIALISERS, "os^Dv<>ph*"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
-    scored = [t for t in all_trials if "mean_reward" in t.user_attrs and "learning_rate" in t.params]
+    scored = [
+        t for t in all_trials if "mean_reward" in t.user_attrs and "learning_rate" in t.params
+    ]
     colours = matplotlib.colormaps["viridis"]
     norm = matplotlib.colors.Normalize(*DECAY_RATE)
     for rank, t in enumerate(sorted(scored, key=lambda t: t.params["learning_rate"])):
         pruned = t.state == TrialState.PRUNED
-        left.scatter(t.params["learning_rate"], t.user_attrs["mean_reward"], s=60,
-                     marker=markers.get(t.params["init"], "x"), color=colours(norm(t.params["decay_rate"])),
-                     alpha=0.4 if pruned else 0.75, edgecolors="red" if pruned else "black")
+        left.scatter(
+            t.params["learning_rate"],
+            t.user_attrs["mean_reward"],
+            s=60,
+            marker=markers.get(t.params["init"], "x"),
+            color=colours(norm(t.params["decay_rate"])),
+            alpha=0.4 if pruned else 0.75,
+            edgecolors="red" if pruned else "black",
+        )
         # neighbours in learning rate take turns above and below, so that close settings keep legible numbers
-        left.annotate(str(t.number), (t.params["learning_rate"], t.user_attrs["mean_reward"]), fontsize=7,
-                      xytext=(5, 5 if rank % 2 == 0 else -11), textcoords="offset points")
+        left.annotate(
+            str(t.number),
+            (t.params["learning_rate"], t.user_attrs["mean_reward"]),
+            fontsize=7,
+            xytext=(5, 5 if rank % 2 == 0 else -11),
+            textcoords="offset points",
+        )
     left.set_xscale("log")
     left.set_xlim(*LEARNING_RATE)
     left.set_xlabel("learning rate")
@@ -650,9 +871,14 @@ def draw_report(optuna_study, all_trials, folder):
     for t in all_trials:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
-            right.plot(steps, [t.intermediate_values[s] for s in steps], "--" if t.state == TrialState.PRUNED
-                       else "-", marker=".", color=matplotlib.colormaps["tab20"](t.number % 20),
-                       label=f"{t.number} ({t.state.name.lower()})")
+            right.plot(
+                steps,
+                [t.intermediate_values[s] for s in steps],
+                "--" if t.state == TrialState.PRUNED else "-",
+                marker=".",
+                color=matplotlib.colormaps["tab20"](t.number % 20),
+                label=f"{t.number} ({t.state.name.lower()})",
+            )
     right.set_xlabel("episode")
     right.set_ylabel("the seeds' mean running mean (reported to the pruner)")
     right.set_title("trials as they trained (pruned: dashed)")
@@ -669,9 +895,13 @@ def draw_report(optuna_study, all_trials, folder):
 
 def draw_optuna_plots(optuna_study, folder, plt):
     from optuna.visualization import matplotlib as optuna_plots
+
     complete = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    plots = {"history": optuna_plots.plot_optimization_history, "slice": optuna_plots.plot_slice,
-             "timeline": optuna_plots.plot_timeline}
+    plots = {
+        "history": optuna_plots.plot_optimization_history,
+        "slice": optuna_plots.plot_slice,
+        "timeline": optuna_plots.plot_timeline,
+    }
     if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
         plots["importances"] = optuna_plots.plot_param_importances
     for name, plot in plots.items():
@@ -684,7 +914,9 @@ def draw_optuna_plots(optuna_study, folder, plt):
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # a study too small for this plot yet
             figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+            figure.set_size_inches(
+                max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5)
+            )
             figure.tight_layout()
             figure.savefig(folder / f"report-{name}.png", dpi=100)
         plt.close(figure)
@@ -709,16 +941,20 @@ def progress_columns(folder):
         raise SweepError(f"cannot read {source} ({error.strerror or error})") from None
     if not rows:
         raise SweepError(f"{source} has no episodes yet")
-    columns = {name: np.array([float(row[name]) for row in rows])
-               for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")}
+    columns = {
+        name: np.array([float(row[name]) for row in rows])
+        for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")
+    }
     columns["hours"] = hours_trained(rows)
     return columns
 
 
 def shares_won(run, window):
     """Per cent of points and of games won over each `window` episodes in a row."""
+
     def total(values):
         return np.convolve(values, np.ones(window), "valid")
+
     won, lost = total(run["points_won"]), total(run["points_lost"])
     return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
 
@@ -738,44 +974,79 @@ def seed_groups(folders):
     groups = {}
     for folder in folders:
         seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
-        groups.setdefault(os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []).append(folder)
+        groups.setdefault(
+            os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []
+        ).append(folder)
     return groups
 
 
 def print_milestones(folder, run, shares, window):
     """The shares won before each 5,000-episode mark and where the running mean crossed 0."""
     points, games = shares
-    print(f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
-          f"over the {window} episodes before each mark, and over all since the mark before:")
+    print(
+        f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
+        f"over the {window} episodes before each mark, and over all since the mark before:"
+    )
     marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
     for start, mark in zip([0, *marks], marks):
-        block = [share[0] for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)]
-        print(f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
-              f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
-              f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%")
+        block = [
+            share[0]
+            for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)
+        ]
+        print(
+            f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
+            f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
+            f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%"
+        )
     steps = np.cumsum(run["steps"])
     for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
-        print(f"  {text}: " + ("not yet" if at is None else f"episode {at}, after {steps[at] / 1e6:.1f} million "
-                               f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"))
+        print(
+            f"  {text}: "
+            + (
+                "not yet"
+                if at is None
+                else f"episode {at}, after {steps[at] / 1e6:.1f} million "
+                f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"
+            )
+        )
     # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
     rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
-    best = [(name, series, int(np.argmax(series)), form) for name, series, form in (
-        ("games won", games, "{:.1f}%"), ("points won", points, "{:.1f}%"), ("mean reward", rewards, "{:+.2f}"))]
-    print(f"  best {window} episodes in a row: " + ", ".join(
-        f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})" for name, series, at, form in best))
+    best = [
+        (name, series, int(np.argmax(series)), form)
+        for name, series, form in (
+            ("games won", games, "{:.1f}%"),
+            ("points won", points, "{:.1f}%"),
+            ("mean reward", rewards, "{:+.2f}"),
+        )
+    ]
+    print(
+        f"  best {window} episodes in a row: "
+        + ", ".join(
+            f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})"
+            for name, series, at, form in best
+        )
+    )
     reached = np.flatnonzero(games >= 90)
     end = int(reached[0]) + window - 1 if reached.size else None
-    print(f"  90% of games won over {window} episodes in a row: " + ("not yet" if end is None else
-          f"first over episodes {end - window + 1}-{end}, after {steps[end] / 1e6:.1f} million agent steps and "
-          f"{run['hours'][end]:.2f} hours"))
+    print(
+        f"  90% of games won over {window} episodes in a row: "
+        + (
+            "not yet"
+            if end is None
+            else f"first over episodes {end - window + 1}-{end}, after {steps[end] / 1e6:.1f} million agent steps and "
+            f"{run['hours'][end]:.2f} hours"
+        )
+    )
 
 
 def plot(folders):
     """The learning curves of model folders in one figure, learning_curve.png in the folder (or the one holding
     them all), and for each a table of the shares won before each milestone. Returns the figure."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     runs = {folder: progress_columns(folder) for folder in folders}
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
@@ -785,39 +1056,77 @@ def plot(folders):
         length = min(len(runs[folder]["episode"]) for folder in group)
         episodes = runs[group[0]]["episode"][:length]
         if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(episodes, runs[group[0]]["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+            top.plot(
+                episodes,
+                runs[group[0]]["reward"],
+                ".",
+                markersize=2,
+                alpha=0.3,
+                label="episode reward",
+            )
         means = np.array([runs[folder]["running_mean"][:length] for folder in group])
-        points = np.array([shares[folder][0][:length - window + 1] for folder in group])
-        label = name if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
-        line, = top.plot(episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)")
-        bottom.plot(episodes[window - 1:], points.mean(0), linewidth=2, color=line.get_color(),
-                    label=f"{label}: points won")
+        points = np.array([shares[folder][0][: length - window + 1] for folder in group])
+        label = (
+            name if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
+        )
+        (line,) = top.plot(
+            episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
+        )
+        bottom.plot(
+            episodes[window - 1 :],
+            points.mean(0),
+            linewidth=2,
+            color=line.get_color(),
+            label=f"{label}: points won",
+        )
         if len(group) > 1:
-            top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
-            bottom.fill_between(episodes[window - 1:], points.min(0), points.max(0), color=line.get_color(), alpha=0.2)
+            top.fill_between(
+                episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2
+            )
+            bottom.fill_between(
+                episodes[window - 1 :],
+                points.min(0),
+                points.max(0),
+                color=line.get_color(),
+                alpha=0.2,
+            )
     for folder, run in runs.items():
         print_milestones(folder, run, shares[folder], window)
     last = max(run["episode"][-1] for run in runs.values())
     for episodes, share in TUTORIAL_CLAIMS:
         if episodes <= last:
             bottom.plot(episodes, share, "k*", markersize=10)
-            bottom.annotate(f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points")
+            bottom.annotate(
+                f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points"
+            )
     if last >= 30000:
         bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
-        bottom.annotate('tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points")
-    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)", title="Pong from pixels: " + ", ".join(groups))
+        bottom.annotate(
+            'tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points"
+        )
+    top.set(
+        ylim=(-21.5, 21.5),
+        ylabel="reward (points won - lost)",
+        title="Pong from pixels: " + ", ".join(groups),
+    )
     bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
-    for axis, even in ((top, 0), (bottom, 50)):  # the line of a game, or a point, won as often as lost
+    for axis, even in (
+        (top, 0),
+        (bottom, 50),
+    ):  # the line of a game, or a point, won as often as lost
         axis.axhline(even, color="grey", linewidth=0.8)
         axis.legend(loc="upper left")
     figure.tight_layout()
-    output = os.path.join(os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png")
+    output = os.path.join(
+        os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png"
+    )
     figure.savefig(output, dpi=100)
     print(f"wrote {output}")
     return figure
 
 
 # --- Flags --------------------------------------------------------------------
+
 
 def positive_int(text):
     try:
@@ -836,42 +1145,88 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    run_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = Parser(
         description=textwrap.fill(
             "Search the tutorial's learning rate, RMSProp decay rate and initialiser with Optuna. Each trial "
             f"trains one setting with seeds 1..S side by side. The objective: {OBJECTIVE}. Flags after -- go "
-            "to every run of tutorial_atari_pong.py (e.g. -- --batch-size 5).", 79),
+            "to every run of tutorial_atari_pong.py (e.g. -- --batch-size 5).",
+            79,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
-               "  python sweep.py --trials 20 --episodes 3000 --storage postgresql://user:pw@host/db --study pong\n"
-               "  python sweep.py --report\n"
-               "  python sweep.py --plot models/pretrained models/keras-rmsprop")
-    parser.add_argument("--trials", type=positive_int, default=trials,
-                        help="run until the study holds this many finished (complete or pruned) trials (default: %(default)s)")
-    parser.add_argument("--episodes", type=positive_int, default=episodes, help="episodes each run trains (default: %(default)s)")
-    parser.add_argument("--seeds", type=positive_int, default=seeds, help="runs per trial, seeds 1..S (default: %(default)s)")
-    parser.add_argument("--runs", default=runs, help="folder of the trials' runs (and of the default database) (default: %(default)s)")
-    parser.add_argument("--study", default=study, help="the study's name in the database (default: %(default)s)")
-    parser.add_argument("--storage", help="an Optuna database URL (default: sqlite:///RUNS/studies.db); the same "
-                                          "URL and --study on many machines share one study")
+        "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
+        "  python sweep.py --trials 20 --episodes 3000 --storage postgresql://user:pw@host/db --study pong\n"
+        "  python sweep.py --report\n"
+        "  python sweep.py --plot models/pretrained models/keras-rmsprop",
+    )
+    parser.add_argument(
+        "--trials",
+        type=positive_int,
+        default=trials,
+        help="run until the study holds this many finished (complete or pruned) trials (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=episodes,
+        help="episodes each run trains (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=seeds,
+        help="runs per trial, seeds 1..S (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runs",
+        default=runs,
+        help="folder of the trials' runs (and of the default database) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--study", default=study, help="the study's name in the database (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="an Optuna database URL (default: sqlite:///RUNS/studies.db); the same "
+        "URL and --study on many machines share one study",
+    )
     parser.add_argument("--no-prune", action="store_true", help="train every trial to its end")
-    parser.add_argument("--save-every", type=positive_int, default=save_every,
-                        help="episodes between the runs' checkpoints and the reports to the median pruner (default: %(default)s)")
-    parser.add_argument("--enqueue", action="append", default=[], metavar="SETTING",
-                        help="try this setting next, e.g. learning_rate=3e-4,decay_rate=0.95,init=he-normal "
-                             "(left out: the script's default)")
-    parser.add_argument("--grace-period", type=positive_int, default=grace_period,
-                        help="seconds without a sweep's heartbeat before its trial counts as dead and "
-                             "another sweep (or the next one) retries it (default: %(default)s)")
-    parser.add_argument("--report", action="store_true",
-                        help="print the study's trials, best first, and draw RUNS/STUDY/report.png; train nothing")
-    parser.add_argument("--plot", nargs="+", metavar="DIR",
-                        help="draw learning_curve.png from each DIR's progress.csv into one figure (in the folder "
-                             "that holds them all), and print the shares won every 5,000 episodes and where the "
-                             "running mean went above 0 (tutorial_atari_pong.py --plot draws the same); no study needed")
+    parser.add_argument(
+        "--save-every",
+        type=positive_int,
+        default=save_every,
+        help="episodes between the runs' checkpoints and the reports to the median pruner (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="SETTING",
+        help="try this setting next, e.g. learning_rate=3e-4,decay_rate=0.95,init=he-normal "
+        "(left out: the script's default)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=positive_int,
+        default=grace_period,
+        help="seconds without a sweep's heartbeat before its trial counts as dead and "
+        "another sweep (or the next one) retries it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the study's trials, best first, and draw RUNS/STUDY/report.png; train nothing",
+    )
+    parser.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="DIR",
+        help="draw learning_curve.png from each DIR's progress.csv into one figure (in the folder "
+        "that holds them all), and print the shares won every 5,000 episodes and where the "
+        "running mean went above 0 (tutorial_atari_pong.py --plot draws the same); no study needed",
+    )
     args = parser.parse_args(argv)
     if args.grace_period < 5:
         parser.error("--grace-period: at least 5 seconds")

@@ -25,6 +25,7 @@ Prints a table, then as its last line one JSON object.
     python bench/benchmark.py                 # default: 30 episodes (~36k steps), 100k update
     python bench/benchmark.py --episodes 1 --batch-size 1 --update-steps 5000   # quick
 """
+
 import argparse
 import contextlib
 import csv
@@ -43,6 +44,7 @@ VARIANTS = ("emulator", "reference", "own")  # each one process; the ceiling is 
 
 # --- Measuring -------------------------------------------------------------
 
+
 def now():
     """CLOCK_MONOTONIC: one clock for every process on the machine, so the
     start and end times of the ceiling's emulator processes compare."""
@@ -60,7 +62,9 @@ def machine_cpu_times():
     line: busy (user, nice, system, irq, softirq), idle (idle, iowait) and
     steal (taken by the hypervisor for other machines)."""
     with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(x) for x in f.readline().split()[1:9]
+        )
     return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
 
 
@@ -91,24 +95,30 @@ def import_project():
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     import tutorial_atari_pong
+
     return tutorial_atari_pong
 
 
 # --- Variants (each runs in its own subprocess) ------------------------------
 
+
 def variant_emulator(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
+
     import ale_py
     import gymnasium as gym
     import numpy as np
+
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")
     gym.register_envs(ale_py)
     env = gym.make("Pong-v0")
     env.reset(seed=args.seed)
     actions = np.random.default_rng(args.seed).choice([1, 2, 3], size=args.steps).tolist()
-    if args.wait_for_go:  # one of the ceiling's processes: start stepping when all of them are ready
+    if (
+        args.wait_for_go
+    ):  # one of the ceiling's processes: start stepping when all of them are ready
         print("ready", flush=True)
         sys.stdin.readline()
     episodes = 0
@@ -122,19 +132,30 @@ def variant_emulator(args):
     ended = now()
     cpu_after, switches_after = process_clock()
     env.close()
-    return {"steps": args.steps, "episodes": episodes, "updates": 0, "seconds": ended - started,
-            "cpu_seconds": cpu_after - cpu_before, "preemptions": switches_after - switches_before,
-            "started": started, "ended": ended, "seed": args.seed,
-            "timed": "emulator loop only (env built and seeded before the clock starts)",
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "steps": args.steps,
+        "episodes": episodes,
+        "updates": 0,
+        "seconds": ended - started,
+        "cpu_seconds": cpu_after - cpu_before,
+        "preemptions": switches_after - switches_before,
+        "started": started,
+        "ended": ended,
+        "seed": args.seed,
+        "timed": "emulator loop only (env built and seeded before the clock starts)",
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def variant_reference(args):
     sys.path.insert(0, HERE)
     import reference_loop
+
     result = reference_loop.run(args.steps, batch_size=args.batch_size, seed=args.seed)
-    result.update(timed="loop and updates (env and model built before the clock starts)",
-                  peak_rss_mb=peak_rss_mb())
+    result.update(
+        timed="loop and updates (env and model built before the clock starts)",
+        peak_rss_mb=peak_rss_mb(),
+    )
     return result
 
 
@@ -148,7 +169,11 @@ def variant_own(args):
     it is in place), to count each episode's CPU seconds and preemptions."""
     tap = import_project()
     marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0, "episodes": []}
-    original_log, original_update, original_play = tap.ProgressLog, tap.update_policy, tap.play_episode
+    original_log, original_update, original_play = (
+        tap.ProgressLog,
+        tap.update_policy,
+        tap.play_episode,
+    )
 
     class TimedProgressLog(original_log):
         def __init__(self, *a, **k):
@@ -158,8 +183,13 @@ def variant_own(args):
 
         def add(self, episode, running_mean):
             nan = float("nan")  # if the play_episode hook did not fire
-            marks["episodes"].append((episode.seconds, getattr(episode, "cpu_seconds", nan),
-                                      getattr(episode, "preemptions", nan)))
+            marks["episodes"].append(
+                (
+                    episode.seconds,
+                    getattr(episode, "cpu_seconds", nan),
+                    getattr(episode, "preemptions", nan),
+                )
+            )
             return super().add(episode, running_mean)
 
     def timed_update_policy(*a, **k):
@@ -177,11 +207,25 @@ def variant_own(args):
         episode = original_play(*a, **k)
         if episode is not None:
             cpu_after, switches_after = process_clock()
-            episode.cpu_seconds, episode.preemptions = cpu_after - cpu_before, switches_after - switches_before
+            episode.cpu_seconds, episode.preemptions = (
+                cpu_after - cpu_before,
+                switches_after - switches_before,
+            )
         return episode
 
-    tap.ProgressLog, tap.update_policy, tap.play_episode = TimedProgressLog, timed_update_policy, counted_play_episode
-    argv = ["--episodes", str(args.episodes), "--model-dir", args.model_dir, "--save-every", str(10 ** 9)]
+    tap.ProgressLog, tap.update_policy, tap.play_episode = (
+        TimedProgressLog,
+        timed_update_policy,
+        counted_play_episode,
+    )
+    argv = [
+        "--episodes",
+        str(args.episodes),
+        "--model-dir",
+        args.model_dir,
+        "--save-every",
+        str(10**9),
+    ]
     if args.batch_size is not None:
         argv += ["--batch-size", str(args.batch_size)]
     if args.envs is not None:
@@ -193,24 +237,43 @@ def variant_own(args):
             tap.main(argv)
             whole = time.perf_counter() - started
     finally:
-        tap.ProgressLog, tap.update_policy, tap.play_episode = original_log, original_update, original_play
+        tap.ProgressLog, tap.update_policy, tap.play_episode = (
+            original_log,
+            original_update,
+            original_play,
+        )
     with open(os.path.join(args.model_dir, "progress.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     steps = sum(int(row["steps"]) for row in rows)
     if "loop_start" in marks and "loop_end" in marks:
-        seconds, timed = marks["loop_end"] - marks["loop_start"], "training loop, updates included (hooks)"
+        seconds, timed = (
+            marks["loop_end"] - marks["loop_start"],
+            "training loop, updates included (hooks)",
+        )
     else:  # the hooks did not fire (renamed functions?): fall back to the whole call
         seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
     episode_seconds, episode_cpu, episode_preemptions = (
-        (sum(column) for column in zip(*marks["episodes"])) if marks["episodes"]
-        else (sum(float(row["seconds"]) for row in rows), float("nan"), float("nan")))
-    result = {"steps": steps, "episodes": len(rows), "updates": marks["updates"],
-              "episode_seconds": episode_seconds, "episode_cpu_seconds": episode_cpu,
-              "episode_preemptions": episode_preemptions,
-              "update_steps": marks["update_steps"], "update_seconds": marks["update_seconds"],
-              "seconds": seconds, "whole_call_seconds": whole, "timed": timed,
-              "envs": tap.parse_args(argv).envs, "batch_size": tap.parse_args(argv).batch_size,
-              "peak_rss_mb": peak_rss_mb(), "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+        (sum(column) for column in zip(*marks["episodes"]))
+        if marks["episodes"]
+        else (sum(float(row["seconds"]) for row in rows), float("nan"), float("nan"))
+    )
+    result = {
+        "steps": steps,
+        "episodes": len(rows),
+        "updates": marks["updates"],
+        "episode_seconds": episode_seconds,
+        "episode_cpu_seconds": episode_cpu,
+        "episode_preemptions": episode_preemptions,
+        "update_steps": marks["update_steps"],
+        "update_seconds": marks["update_seconds"],
+        "seconds": seconds,
+        "whole_call_seconds": whole,
+        "timed": timed,
+        "envs": tap.parse_args(argv).envs,
+        "batch_size": tap.parse_args(argv).batch_size,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
+    }
     if "loop_end" in marks:
         result["trainer_cpu_seconds"] = marks["trainer_end"][0] - marks["trainer_start"][0]
         result["machine"] = machine_shares(marks["machine_start"], marks["machine_end"])
@@ -223,6 +286,7 @@ def synthetic_episodes(tap, total_steps, rng, first_number=0):
     first step), distinct sorted pixel indices, signs +-1, labels 0..2,
     a +-1 reward every ~60 steps and a point on each episode's last step."""
     import numpy as np
+
     episodes, number, left = [], first_number, total_steps
     while left > 0:
         steps = min(left, int(rng.integers(1100, 1301)))
@@ -258,6 +322,7 @@ def variant_update(args):
     """One update_policy call on an args.update_steps-step synthetic batch,
     after a warm-up call on a small batch (tracing the tf.function)."""
     import numpy as np
+
     tap = import_project()
     model = tap.build_policy(tap.hidden, tap.seed)
     optimizer = tap.make_optimizer(model, tap.learning_rate, tap.decay_rate)
@@ -272,19 +337,31 @@ def variant_update(args):
     started = time.perf_counter()
     steps = tap.update_policy(model, optimizer, gradient_fn, episodes, tap.gamma)
     seconds = time.perf_counter() - started
-    return {"steps": steps, "episodes": len(episodes), "nnz_mean": nnz_mean, "seconds": seconds,
-            "rss_after_warmup_mb": rss_after_warmup, "rss_before_update_mb": rss_before,
-            "rss_after_update_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "steps": steps,
+        "episodes": len(episodes),
+        "nnz_mean": nnz_mean,
+        "seconds": seconds,
+        "rss_after_warmup_mb": rss_after_warmup,
+        "rss_before_update_mb": rss_before,
+        "rss_after_update_mb": current_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def run_variant(args):
-    result = {"emulator": variant_emulator, "reference": variant_reference, "own": variant_own,
-              "update": variant_update}[args.variant](args)
+    result = {
+        "emulator": variant_emulator,
+        "reference": variant_reference,
+        "own": variant_own,
+        "update": variant_update,
+    }[args.variant](args)
     sys.stdout.flush()
     print(json.dumps(result))
 
 
 # --- The driver ------------------------------------------------------------
+
 
 def variant_command(variant, extra):
     return [sys.executable, os.path.abspath(__file__), "--variant", variant] + extra
@@ -302,8 +379,13 @@ def variant_result(variant, returncode, stdout, stderr):
 def spawn(variant, extra, timeout):
     """Run one variant in a fresh interpreter; return its JSON result."""
     try:
-        completed = subprocess.run(variant_command(variant, extra), cwd=ROOT, capture_output=True, text=True,
-                                   timeout=timeout)
+        completed = subprocess.run(
+            variant_command(variant, extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         raise SystemExit(f"benchmark: variant {variant} ran past --timeout {timeout:g} s") from None
     return variant_result(variant, completed.returncode, completed.stdout, completed.stderr)
@@ -315,24 +397,39 @@ def spawn_ceiling(processes, steps, seed, timeout):
     starts its clock only when the driver, having heard all of them, answers
     "go": so they step together, as the own loop's workers do."""
     shares = [steps // processes + (i < steps % processes) for i in range(processes)]
-    stderrs = [tempfile.TemporaryFile("w+") for _ in shares]  # a file, not a pipe: it never fills and blocks
-    children = [subprocess.Popen(variant_command("emulator", ["--steps", str(share), "--seed", str(seed + i),
-                                                              "--wait-for-go"]),
-                                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
-                for i, (share, stderr) in enumerate(zip(shares, stderrs))]
+    stderrs = [
+        tempfile.TemporaryFile("w+") for _ in shares
+    ]  # a file, not a pipe: it never fills and blocks
+    children = [
+        subprocess.Popen(
+            variant_command(
+                "emulator", ["--steps", str(share), "--seed", str(seed + i), "--wait-for-go"]
+            ),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        for i, (share, stderr) in enumerate(zip(shares, stderrs))
+    ]
     deadline = time.monotonic() + timeout
     try:
         early_lines = [child.stdout.readline() for child in children]  # "ready", or "" if it died
         machine_before = machine_cpu_times()
         for child in children:
-            with contextlib.suppress(BrokenPipeError):  # one that died is reported below, with its output
+            with contextlib.suppress(
+                BrokenPipeError
+            ):  # one that died is reported below, with its output
                 child.stdin.write("go\n")
                 child.stdin.flush()
         results = []
         for child, early, stderr in zip(children, early_lines, stderrs):
             stdout, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
             stderr.seek(0)
-            results.append(variant_result("ceiling", child.returncode, early + stdout, stderr.read()))
+            results.append(
+                variant_result("ceiling", child.returncode, early + stdout, stderr.read())
+            )
         machine = machine_shares(machine_before, machine_cpu_times())
     except subprocess.TimeoutExpired:
         raise SystemExit(f"benchmark: variant ceiling ran past --timeout {timeout:g} s") from None
@@ -343,29 +440,49 @@ def spawn_ceiling(processes, steps, seed, timeout):
                 child.wait()
             stderr.close()
     first_start, last_end = min(r["started"] for r in results), max(r["ended"] for r in results)
-    return {"processes": processes, "steps": sum(r["steps"] for r in results),
-            "episodes": sum(r["episodes"] for r in results), "updates": 0, "seconds": last_end - first_start,
-            "summed_steps_per_s": sum(r["steps"] / r["seconds"] for r in results),
-            "wall_steps_per_s": steps / (last_end - first_start),
-            "start_spread_s": max(r["started"] for r in results) - first_start,
-            "end_spread_s": last_end - min(r["ended"] for r in results),
-            "cpu_seconds": sum(r["cpu_seconds"] for r in results),
-            "preemptions": sum(r["preemptions"] for r in results), "machine": machine,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "per_process": results}
+    return {
+        "processes": processes,
+        "steps": sum(r["steps"] for r in results),
+        "episodes": sum(r["episodes"] for r in results),
+        "updates": 0,
+        "seconds": last_end - first_start,
+        "summed_steps_per_s": sum(r["steps"] / r["seconds"] for r in results),
+        "wall_steps_per_s": steps / (last_end - first_start),
+        "start_spread_s": max(r["started"] for r in results) - first_start,
+        "end_spread_s": last_end - min(r["ended"] for r in results),
+        "cpu_seconds": sum(r["cpu_seconds"] for r in results),
+        "preemptions": sum(r["preemptions"] for r in results),
+        "machine": machine,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "per_process": results,
+    }
 
 
 def bracketed(before, after):
     """The ceiling of one own run: the runs just before and just after it,
     their rates averaged, their processes pooled."""
     runs = (before, after)
-    return {"processes": after["processes"], "steps": after["steps"], "episodes": after["episodes"], "updates": 0,
-            "seconds": after["seconds"],
-            **{key: sum(run[key] for run in runs) / 2 for key in ("summed_steps_per_s", "wall_steps_per_s")},
-            **{key: max(run[key] for run in runs) for key in ("start_spread_s", "end_spread_s", "peak_rss_mb")},
-            "cpu_seconds": sum(run["cpu_seconds"] for run in runs),
-            "preemptions": sum(run["preemptions"] for run in runs),
-            "machine": {key: sum(run["machine"][key] for run in runs) / 2 for key in after["machine"]},
-            "per_process": before["per_process"] + after["per_process"], "before": before, "after": after}
+    return {
+        "processes": after["processes"],
+        "steps": after["steps"],
+        "episodes": after["episodes"],
+        "updates": 0,
+        "seconds": after["seconds"],
+        **{
+            key: sum(run[key] for run in runs) / 2
+            for key in ("summed_steps_per_s", "wall_steps_per_s")
+        },
+        **{
+            key: max(run[key] for run in runs)
+            for key in ("start_spread_s", "end_spread_s", "peak_rss_mb")
+        },
+        "cpu_seconds": sum(run["cpu_seconds"] for run in runs),
+        "preemptions": sum(run["preemptions"] for run in runs),
+        "machine": {key: sum(run["machine"][key] for run in runs) / 2 for key in after["machine"]},
+        "per_process": before["per_process"] + after["per_process"],
+        "before": before,
+        "after": after,
+    }
 
 
 def where_time_went(own, ceiling):
@@ -381,11 +498,13 @@ def where_time_went(own, ceiling):
         "own_on_cpu_share": own["episode_cpu_seconds"] / own["episode_seconds"],
         "ceiling_on_cpu_share": ceiling["cpu_seconds"] / ceiling_seconds,
         "own_steps_per_cpu_s": own["steps"] / own["episode_cpu_seconds"],
-        "ceiling_steps_per_cpu_s": sum(p["steps"] for p in ceiling["per_process"]) / ceiling["cpu_seconds"],
+        "ceiling_steps_per_cpu_s": sum(p["steps"] for p in ceiling["per_process"])
+        / ceiling["cpu_seconds"],
         "own_preemptions_per_s": own["episode_preemptions"] / own["episode_seconds"],
         "ceiling_preemptions_per_s": ceiling["preemptions"] / ceiling_seconds,
         "own_trainer_cpu_share": own.get("trainer_cpu_seconds", float("nan")) / own["seconds"],
-        "own_machine": own.get("machine"), "ceiling_machine": ceiling["machine"],
+        "own_machine": own.get("machine"),
+        "ceiling_machine": ceiling["machine"],
     }
 
 
@@ -401,20 +520,46 @@ def fmt(value, spec):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--episodes", type=positive_int, default=30,
-                        help="episodes of the project's loop; the others play the same number of agent steps")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="episodes per update, for the own and reference loops (default: the project's)")
-    parser.add_argument("--envs", type=positive_int, default=None,
-                        help="worker processes of the own loop, and so processes of the ceiling (default: the project's)")
-    parser.add_argument("--update-steps", type=positive_int, default=100_000, help="steps in the synthetic update batch")
-    parser.add_argument("--rounds", type=positive_int, default=5,
-                        help="times the own loop and its ceiling are timed back to back (the median round is shown)")
-    parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=30,
+        help="episodes of the project's loop; the others play the same number of agent steps",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="episodes per update, for the own and reference loops (default: the project's)",
+    )
+    parser.add_argument(
+        "--envs",
+        type=positive_int,
+        default=None,
+        help="worker processes of the own loop, and so processes of the ceiling (default: the project's)",
+    )
+    parser.add_argument(
+        "--update-steps",
+        type=positive_int,
+        default=100_000,
+        help="steps in the synthetic update batch",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=5,
+        help="times the own loop and its ceiling are timed back to back (the median round is shown)",
+    )
+    parser.add_argument(
+        "--skip-reference", action="store_true", help="do not run the reference loop"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=280, help="seconds allowed to each variant")
+    parser.add_argument(
+        "--timeout", type=float, default=280, help="seconds allowed to each variant"
+    )
     parser.add_argument("--variant", choices=VARIANTS + ("update",), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)
@@ -424,7 +569,10 @@ def main(argv=None):
         return run_variant(args)
 
     started = time.perf_counter()
-    common = ["--seed", str(args.seed)] + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
+    common = ["--seed", str(args.seed)] + (
+        [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+    )
+
     # The own loop and its ceiling, side by side, in --rounds rounds. A
     # virtual machine's speed drifts by tens of per cent within a minute, so
     # each own run is bracketed by ceiling runs, one just before and one just
@@ -434,12 +582,19 @@ def main(argv=None):
     # caches that the first TensorFlow import fills.
     def own_run():
         with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
-            own = spawn("own", common + ["--episodes", str(args.episodes), "--model-dir", model_dir]
-                        + ([] if args.envs is None else ["--envs", str(args.envs)]), args.timeout)
+            own = spawn(
+                "own",
+                common
+                + ["--episodes", str(args.episodes), "--model-dir", model_dir]
+                + ([] if args.envs is None else ["--envs", str(args.envs)]),
+                args.timeout,
+            )
         if own["updates"] == 0:
-            raise SystemExit(f"benchmark: the own loop made no update in {own['episodes']} episodes: "
-                             f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
-                             "pass --batch-size too")
+            raise SystemExit(
+                f"benchmark: the own loop made no update in {own['episodes']} episodes: "
+                f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
+                "pass --batch-size too"
+            )
         return own
 
     warm_up = own_run()
@@ -459,61 +614,98 @@ def main(argv=None):
     batch_size = own["batch_size"]  # the project's default unless --batch-size
     results["emulator"] = spawn("emulator", common + ["--steps", str(steps)], args.timeout)
     if not args.skip_reference:
-        results["reference"] = spawn("reference", ["--seed", str(args.seed), "--batch-size", str(batch_size),
-                                                   "--steps", str(steps)], args.timeout)
+        results["reference"] = spawn(
+            "reference",
+            ["--seed", str(args.seed), "--batch-size", str(batch_size), "--steps", str(steps)],
+            args.timeout,
+        )
     update = spawn("update", common + ["--update-steps", str(args.update_steps)], args.timeout)
 
     rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
     rate["ceiling"] = ceiling["summed_steps_per_s"]
-    print(f"Pong-v0 training loop benchmark: {steps} agent steps each (own loop: {own['episodes']} episodes, "
-          f"--envs {own['envs']}, batch size {batch_size})")
+    print(
+        f"Pong-v0 training loop benchmark: {steps} agent steps each (own loop: {own['episodes']} episodes, "
+        f"--envs {own['envs']}, batch size {batch_size})"
+    )
     print()
-    print(f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
-          f"{'x ceiling':>11}{'peak RSS MB':>13}{'update s':>10}")
+    print(
+        f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
+        f"{'x ceiling':>11}{'peak RSS MB':>13}{'update s':>10}"
+    )
     for name in ("emulator", "ceiling", "reference", "own"):
         if name not in results:
             continue
         r = results[name]
-        print(f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
-              f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}{r['peak_rss_mb']:>13.0f}"
-              f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}")
-    print(f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}{'':>11}"
-          f"{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}")
+        print(
+            f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
+            f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}"
+        )
+    print(
+        f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}{'':>11}"
+        f"{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}"
+    )
     print()
-    print("seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
-          f"updates (the whole main() call, startup included, took {own['whole_call_seconds']:.2f} s).")
-    print(f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the tf.function is "
-          f"traced before the loop); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
-          f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing.")
-    brackets = " and ".join(" + ".join(format(r["steps"] / r["seconds"], ".0f") for r in run["per_process"])
-                            for run in (ceiling["before"], ceiling["after"]))
-    print(f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), run just "
-          f"before and just after the own loop; steps/s is the mean of the two runs' sums of their processes' own "
-          f"rates ({brackets}); the processes started within {ceiling['start_spread_s'] * 1000:.1f} ms of each "
-          f"other and ended up to {ceiling['end_spread_s']:.2f} s apart; from the first start to the last end "
-          f"they made {ceiling['wall_steps_per_s']:.0f} steps/s (mean of the two).")
-    print(f"peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). own: the trainer "
-          f"process; its {own['envs']} worker processes peaked at {own['peak_rss_children_mb']:.0f} MB each at "
-          "most (forked from the trainer, so largely shared pages: not additive).")
-    print(f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
-          f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
-          f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process.")
-    print(f"rounds: own / ceiling, each own run between two ceiling runs: {', '.join(format(r, '.2f') for r in ratios)}; "
-          "the table shows the median round.")
-    print("where each round's ratio went (own | ceiling): workers playing, the rest waiting at batch ends and "
-          "for updates | on a CPU while playing | agent steps per CPU second | preemptions per second | "
-          "machine idle, stolen")
+    print(
+        "seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
+        f"updates (the whole main() call, startup included, took {own['whole_call_seconds']:.2f} s)."
+    )
+    print(
+        f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the tf.function is "
+        f"traced before the loop); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
+        f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing."
+    )
+    brackets = " and ".join(
+        " + ".join(format(r["steps"] / r["seconds"], ".0f") for r in run["per_process"])
+        for run in (ceiling["before"], ceiling["after"])
+    )
+    print(
+        f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), run just "
+        f"before and just after the own loop; steps/s is the mean of the two runs' sums of their processes' own "
+        f"rates ({brackets}); the processes started within {ceiling['start_spread_s'] * 1000:.1f} ms of each "
+        f"other and ended up to {ceiling['end_spread_s']:.2f} s apart; from the first start to the last end "
+        f"they made {ceiling['wall_steps_per_s']:.0f} steps/s (mean of the two)."
+    )
+    print(
+        f"peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). own: the trainer "
+        f"process; its {own['envs']} worker processes peaked at {own['peak_rss_children_mb']:.0f} MB each at "
+        "most (forked from the trainer, so largely shared pages: not additive)."
+    )
+    print(
+        f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
+        f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
+        f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process."
+    )
+    print(
+        f"rounds: own / ceiling, each own run between two ceiling runs: {', '.join(format(r, '.2f') for r in ratios)}; "
+        "the table shows the median round."
+    )
+    print(
+        "where each round's ratio went (own | ceiling): workers playing, the rest waiting at batch ends and "
+        "for updates | on a CPU while playing | agent steps per CPU second | preemptions per second | "
+        "machine idle, stolen"
+    )
     for number, b in enumerate(breakdowns, 1):
-        machine = " | ".join(f"{m['idle']:.0%}, {m['steal']:.0%}" if m else "-"
-                             for m in (b["own_machine"], b["ceiling_machine"]))
-        print(f"  round {number}: {b['ratio']:.2f} = {b['own_playing_share']:.0%} playing | "
-              f"{b['own_on_cpu_share']:.0%} {b['ceiling_on_cpu_share']:.0%} | "
-              f"{b['own_steps_per_cpu_s']:.0f} {b['ceiling_steps_per_cpu_s']:.0f} | "
-              f"{b['own_preemptions_per_s']:.1f} {b['ceiling_preemptions_per_s']:.1f} | {machine}; "
-              f"trainer {b['own_trainer_cpu_share']:.0%} of a CPU")
-    print(f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, {rate['own'] / rate['emulator']:.2f}x "
-          "the bare emulator" + (f", {rate['own'] / rate['reference']:.1f}x the reference loop."
-                                 if "reference" in results else "."))
+        machine = " | ".join(
+            f"{m['idle']:.0%}, {m['steal']:.0%}" if m else "-"
+            for m in (b["own_machine"], b["ceiling_machine"])
+        )
+        print(
+            f"  round {number}: {b['ratio']:.2f} = {b['own_playing_share']:.0%} playing | "
+            f"{b['own_on_cpu_share']:.0%} {b['ceiling_on_cpu_share']:.0%} | "
+            f"{b['own_steps_per_cpu_s']:.0f} {b['ceiling_steps_per_cpu_s']:.0f} | "
+            f"{b['own_preemptions_per_s']:.1f} {b['ceiling_preemptions_per_s']:.1f} | {machine}; "
+            f"trainer {b['own_trainer_cpu_share']:.0%} of a CPU"
+        )
+    print(
+        f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, {rate['own'] / rate['emulator']:.2f}x "
+        "the bare emulator"
+        + (
+            f", {rate['own'] / rate['reference']:.1f}x the reference loop."
+            if "reference" in results
+            else "."
+        )
+    )
     print(f"benchmark wall time {time.perf_counter() - started:.1f} s")
     summary = {
         "steps": steps,
@@ -532,7 +724,9 @@ def main(argv=None):
         "own_worker_peak_rss_mb": own["peak_rss_children_mb"],
         "own_envs": own["envs"],
         "own_whole_call_s": own["whole_call_seconds"],
-        "update_s_in_loop": {name: r.get("update_seconds") for name, r in results.items() if r["updates"]},
+        "update_s_in_loop": {
+            name: r.get("update_seconds") for name, r in results.items() if r["updates"]
+        },
         "variants": results,
         "update": update,
     }

@@ -10,6 +10,7 @@ tl.rein.cross_entropy_reward_loss over the whole dense batch.
 It imports nothing from tutorial_atari_pong.py, so that changing the project
 cannot change its baseline.
 """
+
 import os
 import time
 
@@ -57,7 +58,9 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
     np.random.seed(seed)
     model = get_model([None, D], seed)
     model.eval()
-    optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate, decay=decay_rate)  # the tutorial's
+    optimizer = tf.compat.v1.train.RMSPropOptimizer(
+        learning_rate, decay=decay_rate
+    )  # the tutorial's
 
     def update(xs, ys, rs):
         epx = np.vstack(xs)  # every observation of the batch, dense float32
@@ -111,10 +114,16 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
         updates += 1
     seconds = time.perf_counter() - started
     env.close()
-    return {"steps": steps, "episodes": episodes, "updates": updates, "seconds": seconds,
-            "update_seconds": update_seconds}
+    return {
+        "steps": steps,
+        "episodes": episodes,
+        "updates": updates,
+        "seconds": seconds,
+        "update_seconds": update_seconds,
+    }
 
 
 if __name__ == "__main__":
     import sys
+
     print(run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))

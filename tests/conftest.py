@@ -1,6 +1,7 @@
 """Fixtures: the script imported as a module, and real training runs shared by
 the end-to-end tests (each run imports TensorFlow and plays real Pong-v0
 episodes, so every run is made once per session)."""
+
 import csv
 import dataclasses
 import importlib.util
@@ -11,8 +12,15 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from helpers import (CHECKPOINT_NAME, PROGRESS_FIELDS, SCRIPT, STALE_REWARD, Result,  # noqa: E402
-                     load_checkpoint, run_script)
+from helpers import (
+    CHECKPOINT_NAME,
+    PROGRESS_FIELDS,
+    SCRIPT,
+    STALE_REWARD,
+    Result,
+    load_checkpoint,
+    run_script,
+)
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +72,21 @@ def train_run(tmp_path_factory):
 def pool_run(tmp_path_factory):
     """Two episodes played at once by two worker processes, one update for
     both, and a video of every 2nd episode (so of episode 0 only)."""
-    return train(tmp_path_factory, "pool", "--episodes", 2, "--batch-size", 2, "--envs", 2,
-                 "--record", "videos", "--record-every", 2,
-                 prepare=lambda cwd, model_dir: (cwd / "videos").mkdir())
+    return train(
+        tmp_path_factory,
+        "pool",
+        "--episodes",
+        2,
+        "--batch-size",
+        2,
+        "--envs",
+        2,
+        "--record",
+        "videos",
+        "--record-every",
+        2,
+        prepare=lambda cwd, model_dir: (cwd / "videos").mkdir(),
+    )
 
 
 @dataclasses.dataclass
@@ -93,11 +113,31 @@ def resume_run(tmp_path_factory, train_run):
         with open(model_dir / "progress.csv", "a", newline="") as f:
             writer = csv.DictWriter(f, PROGRESS_FIELDS)
             for number in (2, 3):
-                writer.writerow({"episode": number, "reward": STALE_REWARD, "running_mean": STALE_REWARD,
-                                 "points_won": 21, "points_lost": 0, "steps": 1, "seconds": "0.000",
-                                 "wall_time": "2000-01-01T00:00:00"})
+                writer.writerow(
+                    {
+                        "episode": number,
+                        "reward": STALE_REWARD,
+                        "running_mean": STALE_REWARD,
+                        "points_won": 21,
+                        "points_lost": 0,
+                        "steps": 1,
+                        "seconds": "0.000",
+                        "wall_time": "2000-01-01T00:00:00",
+                    }
+                )
             f.write("1")
 
-    run = train(tmp_path_factory, "resume", "--resume", "--episodes", 1, "--batch-size", 10, "--envs", 1,
-                model_dir_from=train_run.model_dir, prepare=add_stale_rows)
+    run = train(
+        tmp_path_factory,
+        "resume",
+        "--resume",
+        "--episodes",
+        1,
+        "--batch-size",
+        10,
+        "--envs",
+        1,
+        model_dir_from=train_run.model_dir,
+        prepare=add_stale_rows,
+    )
     return ResumeRun(run.cwd, run.model_dir, run.result, before, before_progress)

@@ -1,4 +1,5 @@
 """Shared helpers: running the script, parsing its log, reading its files."""
+
 import csv
 import dataclasses
 import io
@@ -15,20 +16,40 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SCRIPT = pathlib.Path(os.environ.get("PONG_SCRIPT", REPO / "tutorial_atari_pong.py"))  # override: mutation checks
+SCRIPT = pathlib.Path(
+    os.environ.get("PONG_SCRIPT", REPO / "tutorial_atari_pong.py")
+)  # override: mutation checks
 CHECKPOINT_NAME = "model_pong.npz"
 
-POINT_RE = re.compile(r"^episode (\d+): game (\d+) took \d+\.\d{5}s, reward: (-?1\.000000)(  !!!!!!!!)?$")
-EPISODE_RE = re.compile(r"^resetting env\. episode reward total was (-?\d+\.\d{6})\. running mean: (-?\d+\.\d{6})$")
-BATCH_RE = re.compile(r"^batch over \((\d+) episodes, (\d+) steps\)\.\.\.\.\.\. updated parameters in \d+\.\d{2}s$")
+POINT_RE = re.compile(
+    r"^episode (\d+): game (\d+) took \d+\.\d{5}s, reward: (-?1\.000000)(  !!!!!!!!)?$"
+)
+EPISODE_RE = re.compile(
+    r"^resetting env\. episode reward total was (-?\d+\.\d{6})\. running mean: (-?\d+\.\d{6})$"
+)
+BATCH_RE = re.compile(
+    r"^batch over \((\d+) episodes, (\d+) steps\)\.\.\.\.\.\. updated parameters in \d+\.\d{2}s$"
+)
 SAVED_RE = re.compile(r"^saved checkpoint to (.+) \(episode (\d+)\)$")
-PROGRESS_RE = re.compile(r"^episode (\d+): \d+ episodes/hour, .*; saved (.+)$")  # a checkpoint saved on the way
+PROGRESS_RE = re.compile(
+    r"^episode (\d+): \d+ episodes/hour, .*; saved (.+)$"
+)  # a checkpoint saved on the way
 PLAY_RE = re.compile(r"^episode (\d+): (\d+)-(\d+) (won|lost)$")
 PLAY_SUMMARY_RE = re.compile(
     r"^played (\d+) episodes with (.+): won (\d+) of (\d+) \((\d+)%, 95% interval (\d+)-(\d+)%\), "
-    r"points won (\d+) of (\d+) \((\d+\.\d)%\), mean episode reward (-?\d+\.\d{6})$")
+    r"points won (\d+) of (\d+) \((\d+\.\d)%\), mean episode reward (-?\d+\.\d{6})$"
+)
 STALE_REWARD = "99.0"  # a reward no Pong episode can have: marks rows a resumed run must drop
-PROGRESS_FIELDS = ["episode", "reward", "running_mean", "points_won", "points_lost", "steps", "seconds", "wall_time"]
+PROGRESS_FIELDS = [
+    "episode",
+    "reward",
+    "running_mean",
+    "points_won",
+    "points_lost",
+    "steps",
+    "seconds",
+    "wall_time",
+]
 
 
 def script_env(**changes):
@@ -64,21 +85,35 @@ class Result:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
     def describe(self):
-        return (f"args {self.args}\nexit {self.returncode}\n--- stdout (tail)\n{self.stdout[-3000:]}"
-                f"\n--- stderr (tail)\n{self.stderr[-3000:]}")
+        return (
+            f"args {self.args}\nexit {self.returncode}\n--- stdout (tail)\n{self.stdout[-3000:]}"
+            f"\n--- stderr (tail)\n{self.stderr[-3000:]}"
+        )
 
 
 def run_script(args, cwd, env=None, timeout=300, script=SCRIPT):
     """Run the script to completion; the timeout only guards against a hang."""
     args = [str(a) for a in args]
-    done = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env or script_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=env or script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(args, done.returncode, done.stdout, done.stderr)
 
 
 def start_script(args, cwd, env=None):
-    return subprocess.Popen([sys.executable, str(SCRIPT), *[str(a) for a in args]], cwd=cwd,
-                            env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *[str(a) for a in args]],
+        cwd=cwd,
+        env=env or script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class LiveRun:
@@ -100,7 +135,9 @@ class LiveRun:
         """The match of the next line that matches pattern."""
         while True:
             line = self._lines.get(timeout=240)  # a guard against a hang, not a timing assertion
-            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(self.seen[-20:])
+            assert line is not None, "stdout closed before the awaited line:\n" + "\n".join(
+                self.seen[-20:]
+            )
             self.seen.append(line)
             if match := pattern.match(line):
                 return match
@@ -175,6 +212,7 @@ def left_after(pids, seconds=10):
 @dataclasses.dataclass
 class TrainLog:
     """What a training run printed, parsed."""
+
     points: dict  # episode number -> [(game, reward, has_marks)] in printed order
     episodes: list  # [(total, running_mean)] in printed order
     batches: list  # [(episodes, steps)]
@@ -201,7 +239,7 @@ def read_progress(directory, torn_end=False):
     with open(pathlib.Path(directory) / "progress.csv", newline="") as f:
         text = f.read()
     if torn_end:
-        text = text[:text.rfind("\n") + 1]
+        text = text[: text.rfind("\n") + 1]
     reader = csv.DictReader(io.StringIO(text))
     assert reader.fieldnames == PROGRESS_FIELDS
     return list(reader)
@@ -224,6 +262,7 @@ def running_means(rewards, start=None):
 
 def count_video_frames(path):
     import imageio.v2 as imageio
+
     shapes = set()
     count = 0
     with imageio.get_reader(str(path)) as reader:
@@ -238,14 +277,21 @@ def assert_one_line_error(result):
     assert result.returncode == 2, result.describe()
     assert "Traceback" not in result.stderr, result.describe()
     assert len(result.stderr_lines) == 1, (
-        f"expected exactly one non-empty stderr line, got {len(result.stderr_lines)}:\n{result.stderr}")
+        f"expected exactly one non-empty stderr line, got {len(result.stderr_lines)}:\n{result.stderr}"
+    )
 
 
 def rewards_episode(pong, rewards):
     """An Episode with these rewards and nothing else: empty frames, all labels 0."""
     n = len(rewards)
-    return pong.Episode(0, np.zeros(n, np.int16), np.zeros(0, np.int16), np.zeros(0, np.int8),
-                        np.zeros(n, np.int8), np.array(rewards, np.int8))
+    return pong.Episode(
+        0,
+        np.zeros(n, np.int16),
+        np.zeros(0, np.int16),
+        np.zeros(0, np.int8),
+        np.zeros(n, np.int8),
+        np.array(rewards, np.int8),
+    )
 
 
 def standardised(values):
@@ -259,6 +305,7 @@ def new_policy(pong, hidden_units=200, seed_value=1):
     second model named 'policy' in one process (the script builds one), so the
     name is released from TensorLayer's registry first."""
     import tensorlayer as tl
+
     tl.models.core._global_model_name_set.discard("policy")
     model = pong.build_policy(hidden_units, seed_value)
     model.eval()

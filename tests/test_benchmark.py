@@ -2,6 +2,7 @@
 two ceiling processes on a machine with two cores), every variant, and a last
 line of JSON with the keys the issue asks for. No timing is asserted: the
 targets are checked by reading the benchmark's output, not by a test."""
+
 import json
 import math
 import pathlib
@@ -17,33 +18,69 @@ BENCHMARK = ROOT / "bench" / "benchmark.py"
 @pytest.mark.e2e
 def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--episodes", "2", "--batch-size", "2", "--update-steps", "3000", "--rounds", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--episodes",
+            "2",
+            "--batch-size",
+            "2",
+            "--update-steps",
+            "3000",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     lines = completed.stdout.strip().splitlines()
     assert any(line.startswith("variant") for line in lines), completed.stdout  # the table
     summary = json.loads(lines[-1])
 
-    for key in ("steps_per_s", "ratio_vs_emulator", "ratio_vs_reference", "ratio_vs_ceiling", "ceiling_processes",
-                "update_100k_s", "peak_rss_100k_mb"):
+    for key in (
+        "steps_per_s",
+        "ratio_vs_emulator",
+        "ratio_vs_reference",
+        "ratio_vs_ceiling",
+        "ceiling_processes",
+        "update_100k_s",
+        "peak_rss_100k_mb",
+    ):
         assert key in summary, key
     rates = summary["steps_per_s"]
     assert set(rates) == {"emulator", "ceiling", "reference", "own"}
     for name, rate in rates.items():
         assert isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0, (name, rate)
-    for key in ("ratio_vs_emulator", "ratio_vs_reference", "ratio_vs_ceiling", "update_100k_s", "peak_rss_100k_mb"):
+    for key in (
+        "ratio_vs_emulator",
+        "ratio_vs_reference",
+        "ratio_vs_ceiling",
+        "update_100k_s",
+        "peak_rss_100k_mb",
+    ):
         assert summary[key] > 0, key
     assert summary["ratio_vs_emulator"] == pytest.approx(rates["own"] / rates["emulator"], rel=1e-9)
-    assert summary["ratio_vs_reference"] == pytest.approx(rates["own"] / rates["reference"], rel=1e-9)
+    assert summary["ratio_vs_reference"] == pytest.approx(
+        rates["own"] / rates["reference"], rel=1e-9
+    )
     assert summary["ratio_vs_ceiling"] == pytest.approx(rates["own"] / rates["ceiling"], rel=1e-9)
     rounds = summary["ratio_vs_ceiling_rounds"]
-    assert len(rounds) == 2 and summary["ratio_vs_ceiling"] == min(rounds)  # of two rounds, the lower is the median
+    assert len(rounds) == 2 and summary["ratio_vs_ceiling"] == min(
+        rounds
+    )  # of two rounds, the lower is the median
 
     variants = summary["variants"]
     steps = variants["own"]["steps"]
-    assert steps > 0 and all(variants[name]["steps"] == steps for name in rates)  # same agent steps each
+    assert steps > 0 and all(
+        variants[name]["steps"] == steps for name in rates
+    )  # same agent steps each
     assert variants["own"]["updates"] >= 1 and variants["reference"]["updates"] >= 1
-    assert variants["own"]["update_steps"] == steps  # the own loop's update saw every step it played
+    assert (
+        variants["own"]["update_steps"] == steps
+    )  # the own loop's update saw every step it played
     assert summary["update"]["steps"] == summary["update_100k_steps"] == 3000
 
     # the ceiling: one emulator process per worker of the own loop, the own loop's steps split evenly,
@@ -57,7 +94,9 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
         assert len({p["seed"] for p in run["per_process"]}) == ceiling["processes"]
         assert 0 < run["wall_steps_per_s"] <= run["summed_steps_per_s"] * (1 + 1e-9)
     shares = [p["steps"] for p in after["per_process"]]
-    assert sum(shares) == steps and max(shares) - min(shares) <= 1  # the ceiling after it plays the own run's steps
+    assert (
+        sum(shares) == steps and max(shares) - min(shares) <= 1
+    )  # the ceiling after it plays the own run's steps
     sums = [sum(p["steps"] / p["seconds"] for p in run["per_process"]) for run in (before, after)]
     assert rates["ceiling"] == pytest.approx(sum(sums) / 2, rel=1e-9)
     assert 0 < summary["ceiling_wall_steps_per_s"] <= rates["ceiling"] * (1 + 1e-9)
@@ -70,6 +109,11 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
         assert 0 < b["ceiling_on_cpu_share"] <= 1.05
         assert b["own_steps_per_cpu_s"] > 0 and b["ceiling_steps_per_cpu_s"] > 0
         for machine in (b["own_machine"], b["ceiling_machine"]):
-            assert set(machine) == {"busy", "idle", "steal"} and sum(machine.values()) == pytest.approx(1)
+            assert set(machine) == {"busy", "idle", "steal"} and sum(
+                machine.values()
+            ) == pytest.approx(1)
     own = variants["own"]
-    assert own["episode_seconds"] > 0 and 0 < own["episode_cpu_seconds"] <= own["episode_seconds"] * 1.05
+    assert (
+        own["episode_seconds"] > 0
+        and 0 < own["episode_cpu_seconds"] <= own["episode_seconds"] * 1.05
+    )

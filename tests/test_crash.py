@@ -1,14 +1,22 @@
 """Hard kills (kill -9) of a real training run at random instants, each
 followed by --resume: nothing is lost and nothing is left behind."""
+
 import math
 import random
 import re
 import time
 
 import pytest
-
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_FIELDS, PROGRESS_RE, LiveRun,
-                     read_progress, run_script)
+from helpers import (
+    BATCH_RE,
+    EPISODE_RE,
+    POINT_RE,
+    PROGRESS_FIELDS,
+    PROGRESS_RE,
+    LiveRun,
+    read_progress,
+    run_script,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +39,14 @@ def assert_consistent(pong, model_dir, context):
     rows = read_progress(model_dir, torn_end=True)
     for row in rows:
         assert None not in row and None not in row.values(), f"{context}: a malformed row {row}"
-        assert all(math.isfinite(float(row[name])) for name in PROGRESS_FIELDS[1:-1]), f"{context}: {row}"
+        assert all(math.isfinite(float(row[name])) for name in PROGRESS_FIELDS[1:-1]), (
+            f"{context}: {row}"
+        )
     numbers = [int(row["episode"]) for row in rows]
     assert numbers == list(range(len(numbers))), f"{context}: gaps or duplicates in progress.csv"
-    assert len(numbers) >= episode, f"{context}: progress.csv ends at {len(numbers)}, the checkpoint at {episode}"
+    assert len(numbers) >= episode, (
+        f"{context}: progress.csv ends at {len(numbers)}, the checkpoint at {episode}"
+    )
     return episode
 
 
@@ -43,11 +55,15 @@ def test_hard_kills_at_random_instants_leave_a_run_that_resumes(pong, tmp_path):
     for cycle, (where, most) in enumerate(KILLS):
         delay = random.uniform(0, most)
         context = f"kill {cycle} ({where.pattern} + {delay:.3f}s)"
-        run = LiveRun([*(["--resume"] if cycle else []), *FLAGS, "--model-dir", model_dir], tmp_path)
+        run = LiveRun(
+            [*(["--resume"] if cycle else []), *FLAGS, "--model-dir", model_dir], tmp_path
+        )
         try:
             if where is not RESUMED_RE:
                 saved = int(run.wait_for(PROGRESS_RE)[1])
-                assert assert_consistent(pong, model_dir, context + ", after the first save") >= saved
+                assert (
+                    assert_consistent(pong, model_dir, context + ", after the first save") >= saved
+                )
             run.wait_for(where)
             time.sleep(delay)
             processes, left = run.kill_9()

@@ -2,6 +2,7 @@
 and docs/*.md points at a file that exists, and at a heading that exists where
 it names one in a Markdown file; the README stays short; and the README's two
 commands are the ones .ci/run runs. Text only: no TensorFlow, well under a second."""
+
 import pathlib
 import re
 
@@ -18,7 +19,9 @@ MAX_README_LINES = 250
 
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.M | re.S)
 INLINE_CODE = re.compile(r"(`+).+?\1", re.S)
-INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*(<[^>]*>|[^)\s]*)[^)]*\)")  # [text](target "title"), ![alt](target)
+INLINE_LINK = re.compile(
+    r"!?\[[^\]]*\]\(\s*(<[^>]*>|[^)\s]*)[^)]*\)"
+)  # [text](target "title"), ![alt](target)
 REFERENCE_LINK = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(<[^>]*>|\S+)", re.M)  # [name]: target
 HTML_LINK = re.compile(r"""<(?:a|img)\b[^>]*?\b(?:href|src)\s*=\s*["']([^"']+)["']""", re.I)
 
@@ -66,8 +69,11 @@ def code_lines(page):
 
 def ci_commands():
     """.ci/run's command lines, comments and echo lines aside."""
-    return [line.strip() for line in CI.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.strip().startswith(("#", "echo "))]
+    return [
+        line.strip()
+        for line in CI.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith(("#", "echo "))
+    ]
 
 
 def test_the_pages_exist():
@@ -91,12 +97,19 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist(page):
 
 def test_the_link_finder_finds_links_and_skips_code(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("a [page](docs/x.md#y) ![img](i.png \"t\") `[no](code.md)` <img src=\"h.gif\">\n\n"
-                    "```\n[no](fence.md)\n```\n# A heading's name\n# A heading's name\n", encoding="utf-8")
+    page.write_text(
+        'a [page](docs/x.md#y) ![img](i.png "t") `[no](code.md)` <img src="h.gif">\n\n'
+        "```\n[no](fence.md)\n```\n# A heading's name\n# A heading's name\n",
+        encoding="utf-8",
+    )
     assert links(page) == ["docs/x.md#y", "i.png", "h.gif"]
     assert anchors(page) == {"a-headings-name", "a-headings-name-1"}
     assert slug("Trying the tutorial's What next") == "trying-the-tutorials-what-next"
-    assert not relative("https://example.com") and not relative("mailto:a@b.c") and relative("docs/a.md")
+    assert (
+        not relative("https://example.com")
+        and not relative("mailto:a@b.c")
+        and relative("docs/a.md")
+    )
 
 
 def test_the_readme_is_at_most_250_lines():
@@ -122,11 +135,15 @@ def test_ci_installs_and_runs_what_the_readmes_train_command_does():
     """The train command's two halves, installing the requirements and running the script, are
     what .ci/run does on each end of the Python range (there with a virtualenv's pip and python)."""
     commands = "\n".join(ci_commands())
-    assert re.search(r"pip\"? install (--quiet )?-r requirements\.txt\b", commands), "CI does not install the requirements"
+    assert re.search(r"pip\"? install (--quiet )?-r requirements\.txt\b", commands), (
+        "CI does not install the requirements"
+    )
     assert re.search(r"python\"? tutorial_atari_pong\.py\b", commands), "CI does not run the script"
 
 
 def test_every_docs_page_is_linked_from_the_readme():
-    linked = {(ROOT / target.partition("#")[0]).resolve() for target in links(README) if relative(target)}
+    linked = {
+        (ROOT / target.partition("#")[0]).resolve() for target in links(README) if relative(target)
+    }
     unlinked = [page.name for page in PAGES[1:] if page.resolve() not in linked]
     assert not unlinked, f"README.md links no docs/{', docs/'.join(unlinked)}"

@@ -2,6 +2,7 @@
 env with RAM observations, and the screen's palette indices instead of RGB.
 These tests check, on the real Pong-v0, that it sees exactly what the
 tutorial's way would see."""
+
 import warnings
 
 import gymnasium as gym
@@ -43,10 +44,16 @@ def test_script_env_gives_the_same_screens_rewards_and_ends_as_gym_make(pong, se
     ends = 0
     try:
         for step, action in enumerate(actions(seed, 6000)):
-            np.testing.assert_array_equal(ours.ale.getScreenRGB(), observation, err_msg=f"step {step}")
+            np.testing.assert_array_equal(
+                ours.ale.getScreenRGB(), observation, err_msg=f"step {step}"
+            )
             _, reward, terminated, truncated, _ = ours.step(action)
             observation, their_reward, their_terminated, their_truncated, _ = theirs.step(action)
-            assert (reward, terminated, truncated) == (their_reward, their_terminated, their_truncated), step
+            assert (reward, terminated, truncated) == (
+                their_reward,
+                their_terminated,
+                their_truncated,
+            ), step
             if terminated or truncated:
                 ends += 1
                 ours.reset()
@@ -66,7 +73,9 @@ def test_prepro_of_the_palette_screen_equals_the_tutorials_prepro_of_rgb(pong):
     try:
         for step, action in enumerate(actions(3, 8000)):
             expected = tutorial_prepro(env.ale.getScreenRGB())
-            np.testing.assert_array_equal(pong.prepro(screen).astype(np.int8), expected, err_msg=f"step {step}")
+            np.testing.assert_array_equal(
+                pong.prepro(screen).astype(np.int8), expected, err_msg=f"step {step}"
+            )
             drawn_somewhere |= expected.astype(bool)
             _, _, terminated, truncated, _ = env.step(action)
             env.ale.getScreen(screen)
@@ -87,7 +96,9 @@ def test_pong_draws_no_other_colour_with_a_background_red(pong):
         for action in actions(5, 3000):
             screen, rgb = env.ale.getScreen(), env.ale.getScreenRGB()
             for index in np.unique(screen):
-                reds.setdefault(int(index), set()).update(np.unique(rgb[..., 0][screen == index]).tolist())
+                reds.setdefault(int(index), set()).update(
+                    np.unique(rgb[..., 0][screen == index]).tolist()
+                )
             if any(env.step(action)[2:4]):
                 env.reset()
     finally:

@@ -1,4 +1,5 @@
 """The script run as a user runs it: a subprocess, the real Pong-v0 emulator."""
+
 import datetime
 import re
 import shutil
@@ -6,20 +7,54 @@ import signal
 
 import numpy as np
 import pytest
-
-from helpers import (BATCH_RE, EPISODE_RE, POINT_RE, PROGRESS_RE, SAVED_RE, SCRIPT, STALE_REWARD, LiveRun,
-                     assert_one_line_error, load_checkpoint, new_policy, parse_train_log,
-                     read_progress, run_script, running_means, script_env)
+from helpers import (
+    BATCH_RE,
+    EPISODE_RE,
+    POINT_RE,
+    PROGRESS_RE,
+    SAVED_RE,
+    SCRIPT,
+    STALE_REWARD,
+    LiveRun,
+    assert_one_line_error,
+    load_checkpoint,
+    new_policy,
+    parse_train_log,
+    read_progress,
+    run_script,
+    running_means,
+    script_env,
+)
 
 pytestmark = pytest.mark.e2e
 
 PARAMETER_NAMES = ["hidden/weights:0", "hidden/biases:0", "output/weights:0", "output/biases:0"]
 CHECKPOINT_KEYS = {
-    "hidden/weights", "hidden/biases", "output/weights", "output/biases",
-    "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
-    "mean_square/output/biases", "state/format", "state/episode", "state/running_mean", "config/input_size",
-    "config/hidden", "config/learning_rate", "config/decay_rate", "config/gamma", "config/batch_size", "pending/steps", "pending/numbers", "pending/nnz", "pending/indices", "pending/signs",
-    "pending/labels", "pending/rewards"}
+    "hidden/weights",
+    "hidden/biases",
+    "output/weights",
+    "output/biases",
+    "mean_square/hidden/weights",
+    "mean_square/hidden/biases",
+    "mean_square/output/weights",
+    "mean_square/output/biases",
+    "state/format",
+    "state/episode",
+    "state/running_mean",
+    "config/input_size",
+    "config/hidden",
+    "config/learning_rate",
+    "config/decay_rate",
+    "config/gamma",
+    "config/batch_size",
+    "pending/steps",
+    "pending/numbers",
+    "pending/nnz",
+    "pending/indices",
+    "pending/signs",
+    "pending/labels",
+    "pending/rewards",
+}
 
 
 @pytest.fixture(params=["train_run", "pool_run"], ids=["envs1", "envs2"])
@@ -40,13 +75,19 @@ def summary_end(lines):
 
 # --- a fresh run ------------------------------------------------------------------
 
+
 def test_training_prints_the_model_and_one_line_per_parameter(run):
     lines = run.result.lines
     end = summary_end(lines)
     assert lines[end] == "  num of params: 1280803"
     assert lines[0] == "policy("
-    params = [re.match(r"^  param +(\d+): (\S+) +\(([\d, ]+)\) +float32 \(mean: .*, median: .*, std: .*\)$", line)
-              for line in lines[:end]]
+    params = [
+        re.match(
+            r"^  param +(\d+): (\S+) +\(([\d, ]+)\) +float32 \(mean: .*, median: .*, std: .*\)$",
+            line,
+        )
+        for line in lines[:end]
+    ]
     params = [m for m in params if m]
     assert [int(m[1]) for m in params] == [0, 1, 2, 3]
     assert [m[2] for m in params] == PARAMETER_NAMES
@@ -54,8 +95,12 @@ def test_training_prints_the_model_and_one_line_per_parameter(run):
 
 
 def test_training_prints_only_known_lines_after_the_summary(run):
-    lines = run.result.lines[summary_end(run.result.lines) + 1:]
-    unknown = [line for line in lines if not any(r.match(line) for r in (POINT_RE, EPISODE_RE, BATCH_RE, SAVED_RE))]
+    lines = run.result.lines[summary_end(run.result.lines) + 1 :]
+    unknown = [
+        line
+        for line in lines
+        if not any(r.match(line) for r in (POINT_RE, EPISODE_RE, BATCH_RE, SAVED_RE))
+    ]
     assert unknown == []
 
 
@@ -63,7 +108,9 @@ def test_point_lines_mark_exactly_the_won_points(run):
     log = parse_train_log(run.result.lines)
     assert sorted(log.points) == [0, 1]
     for number, points in log.points.items():
-        assert [game for game, _, _ in points] == list(range(len(points))), f"games of episode {number}"
+        assert [game for game, _, _ in points] == list(range(len(points))), (
+            f"games of episode {number}"
+        )
         for game, reward, marked in points:
             assert marked == (reward > 0), f"episode {number} game {game}"
         won, lost = sum(r > 0 for _, r, _ in points), sum(r < 0 for _, r, _ in points)
@@ -74,10 +121,12 @@ def test_log_reads_as_if_episodes_were_played_one_after_another(run):
     """Even with two episodes played at once, each episode's point lines come
     together, followed by its own 'resetting env.' line."""
     current, order = 0, []
-    for line in run.result.lines[summary_end(run.result.lines) + 1:]:
+    for line in run.result.lines[summary_end(run.result.lines) + 1 :]:
         if m := POINT_RE.match(line):
             order.append((int(m[1]), "point"))
-            assert int(m[1]) == current, f"a line of episode {m[1]} while episode {current} is being logged: {order}"
+            assert int(m[1]) == current, (
+                f"a line of episode {m[1]} while episode {current} is being logged: {order}"
+            )
         elif EPISODE_RE.match(line):
             order.append((current, "end"))
             current += 1
@@ -132,16 +181,18 @@ def test_checkpoint_holds_the_trained_state(pong, run):
     assert int(arrays["state/episode"]) == 2
     assert int(arrays["state/format"]) == 2
     assert (int(arrays["config/input_size"]), int(arrays["config/hidden"])) == (6400, 200)
-    assert {name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma")} == {
-        "learning_rate": 1e-4, "decay_rate": 0.99, "gamma": 0.99}
+    assert {
+        name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma")
+    } == {"learning_rate": 1e-4, "decay_rate": 0.99, "gamma": 0.99}
     updates = len(parse_train_log(run.result.lines).batches)
     # The mean square starts at 1 and decays by 0.99 an update; where the gradient was always 0
     # (pixel 0, the corner of the top wall, never changes) that is all that happened to it.
     squares = arrays["mean_square/hidden/weights"]
-    np.testing.assert_allclose(squares[0], 0.99 ** updates, rtol=1e-6)
-    assert np.all(squares >= 0.99 ** updates * (1 - 1e-6)) and squares.max() > 0.99 ** updates
-    assert float(arrays["state/running_mean"]) == pytest.approx(float(read_progress(run.model_dir)[-1]["running_mean"]),
-                                                                abs=1e-6)
+    np.testing.assert_allclose(squares[0], 0.99**updates, rtol=1e-6)
+    assert np.all(squares >= 0.99**updates * (1 - 1e-6)) and squares.max() > 0.99**updates
+    assert float(arrays["state/running_mean"]) == pytest.approx(
+        float(read_progress(run.model_dir)[-1]["running_mean"]), abs=1e-6
+    )
     assert arrays["pending/steps"].size == 0 and arrays["pending/labels"].size == 0
     assert arrays["hidden/weights"].shape == (6400, 200)
     # seed 1's initial weights, moved by RMSProp steps: lr * |g| / sqrt(ms) <= lr * |g| / sqrt(0.01 g^2) = 10 lr
@@ -153,7 +204,9 @@ def test_checkpoint_holds_the_trained_state(pong, run):
 def assert_clean_console(stderr):
     for bad in ("Traceback", "DeprecationWarning", "absl"):
         assert bad not in stderr, stderr
-    assert not [line for line in stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000"))], stderr
+    assert not [
+        line for line in stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000"))
+    ], stderr
 
 
 def test_training_console_is_clean(run):
@@ -161,6 +214,7 @@ def test_training_console_is_clean(run):
 
 
 # --- resuming ------------------------------------------------------------------------
+
 
 @pytest.fixture
 def resumed(resume_run):
@@ -170,7 +224,10 @@ def resumed(resume_run):
 
 def test_resume_says_where_it_starts(resumed):
     mean = float(resumed.before["state/running_mean"])
-    assert f"resumed from {resumed.checkpoint} at episode 2, running mean {mean:f}" in resumed.result.lines
+    assert (
+        f"resumed from {resumed.checkpoint} at episode 2, running mean {mean:f}"
+        in resumed.result.lines
+    )
 
 
 def test_resume_console_is_clean(resumed):
@@ -186,31 +243,51 @@ def test_resume_numbers_new_episodes_from_the_checkpoint(resumed):
 
 
 def test_resume_continues_the_running_mean(resumed):
-    (total, mean), = parse_train_log(resumed.result.lines).episodes
-    assert mean == pytest.approx(float(resumed.before["state/running_mean"]) * 0.99 + total * 0.01, abs=1e-6)
+    ((total, mean),) = parse_train_log(resumed.result.lines).episodes
+    assert mean == pytest.approx(
+        float(resumed.before["state/running_mean"]) * 0.99 + total * 0.01, abs=1e-6
+    )
 
 
 def test_resume_without_an_update_keeps_weights_and_rmsprop_state_and_grows_pending(resumed):
     after = load_checkpoint(resumed.checkpoint)
     assert parse_train_log(resumed.result.lines).batches == []
-    for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases",
-                 "mean_square/hidden/weights", "mean_square/output/weights"):
+    for name in (
+        "hidden/weights",
+        "hidden/biases",
+        "output/weights",
+        "output/biases",
+        "mean_square/hidden/weights",
+        "mean_square/output/weights",
+    ):
         np.testing.assert_array_equal(after[name], resumed.before[name], err_msg=name)
     assert resumed.before["pending/numbers"].tolist() == []
     assert after["pending/numbers"].tolist() == [2]
     steps = int(read_progress(resumed.model_dir)[2]["steps"])
     assert after["pending/steps"].tolist() == [steps]
-    assert len(after["pending/labels"]) == len(after["pending/rewards"]) == len(after["pending/nnz"]) == steps
+    assert (
+        len(after["pending/labels"])
+        == len(after["pending/rewards"])
+        == len(after["pending/nnz"])
+        == steps
+    )
     assert set(np.unique(after["pending/labels"])) <= {0, 1, 2}
     rewards = after["pending/rewards"]
     assert float(rewards.sum()) == parse_train_log(resumed.result.lines).episodes[0][0]
-    assert len(after["pending/indices"]) == len(after["pending/signs"]) == int(after["pending/nnz"].sum())
+    assert (
+        len(after["pending/indices"])
+        == len(after["pending/signs"])
+        == int(after["pending/nnz"].sum())
+    )
 
 
 def test_progress_csv_continues_across_resume_and_drops_stale_and_torn_rows(resumed):
     rows = read_progress(resumed.model_dir)
     assert [int(r["episode"]) for r in rows] == [0, 1, 2]
-    assert f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in resumed.result.lines
+    assert (
+        f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed rows"
+        in resumed.result.lines
+    )
     assert rows[:2] == resumed.before_progress
     assert STALE_REWARD not in {r["reward"] for r in rows}
     total, mean = parse_train_log(resumed.result.lines).episodes[0]
@@ -220,13 +297,25 @@ def test_progress_csv_continues_across_resume_and_drops_stale_and_torn_rows(resu
 
 # --- stopping with a signal, or by force ------------------------------------------------
 
-@pytest.mark.parametrize("signum, envs, wait_for", [
-    (signal.SIGINT, 2, POINT_RE),  # Ctrl-C part-way through the first episode, with worker processes
-    (signal.SIGTERM, 1, EPISODE_RE),  # after the first finished episode, in this process
-], ids=["SIGINT", "SIGTERM"])
+
+@pytest.mark.parametrize(
+    "signum, envs, wait_for",
+    [
+        (
+            signal.SIGINT,
+            2,
+            POINT_RE,
+        ),  # Ctrl-C part-way through the first episode, with worker processes
+        (signal.SIGTERM, 1, EPISODE_RE),  # after the first finished episode, in this process
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
 def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_for):
     model_dir = tmp_path / "m"
-    run = LiveRun(["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1], tmp_path)
+    run = LiveRun(
+        ["--envs", envs, "--model-dir", model_dir, "--record", "videos", "--record-every", 1],
+        tmp_path,
+    )
     try:
         run.wait_for(wait_for)
         run.process.send_signal(signum)
@@ -245,7 +334,9 @@ def test_signal_stops_training_cleanly_and_saves(tmp_path, signum, envs, wait_fo
         assert seen[-1] == f"saved checkpoint to {checkpoint} (episode {finished})"
         assert int(load_checkpoint(checkpoint)["state/episode"]) == finished
     videos = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
-    assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], "only finished episodes keep a video"
+    assert videos == [f"episode-{n:06d}.mp4" for n in range(finished)], (
+        "only finished episodes keep a video"
+    )
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(finished))
     assert list(model_dir.glob("*.tmp")) == []
 
@@ -266,7 +357,9 @@ def test_workers_end_by_themselves_when_the_trainer_is_killed(tmp_path):
 
 def test_one_training_run_per_folder_while_play_and_plot_work_beside_it(tmp_path):
     model_dir = tmp_path / "m"
-    first = LiveRun(["--envs", 1, "--batch-size", 1, "--save-every", 1, "--model-dir", model_dir], tmp_path)
+    first = LiveRun(
+        ["--envs", 1, "--batch-size", 1, "--save-every", 1, "--model-dir", model_dir], tmp_path
+    )
     try:
         first.wait_for(PROGRESS_RE)  # a checkpoint and log rows to read
         boards = sorted(p.name for p in (model_dir / "tensorboard").iterdir())
@@ -283,18 +376,22 @@ def test_one_training_run_per_folder_while_play_and_plot_work_beside_it(tmp_path
     assert_one_line_error(second)
     assert second.stderr_lines[0] == (
         f"{SCRIPT.name}: error: another training run (pid {first.process.pid}) is using {model_dir}: "
-        "one run per folder (--play and --plot work beside it)")
+        "one run per folder (--play and --plot work beside it)"
+    )
     assert lock_after_second == f"{first.process.pid}\n", "the second run took the lock"
     assert boards_after_second == boards, "the second run wrote TensorBoard events"
     assert plot.returncode == 0, plot.describe()
     assert play.returncode == 0, play.describe()
     assert returncode == 0, stderr
     episode = int(load_checkpoint(model_dir / "model_pong.npz")["state/episode"])
-    assert first.seen[-1] == f"saved checkpoint to {model_dir / 'model_pong.npz'} (episode {episode})"
+    assert (
+        first.seen[-1] == f"saved checkpoint to {model_dir / 'model_pong.npz'} (episode {episode})"
+    )
     assert [int(r["episode"]) for r in read_progress(model_dir)] == list(range(episode))
 
 
 # --- bad input ---------------------------------------------------------------------------
+
 
 def write_corrupt_checkpoint(pong, model_dir):
     model_dir.mkdir()
@@ -303,7 +400,14 @@ def write_corrupt_checkpoint(pong, model_dir):
 
 def write_hidden_200_checkpoint(pong, model_dir):
     model = new_policy(pong, 200, 1)
-    pong.save_checkpoint(str(model_dir / "model_pong.npz"), model, pong.make_optimizer(model, 1e-4, 0.99), 5, -20.0, [])
+    pong.save_checkpoint(
+        str(model_dir / "model_pong.npz"),
+        model,
+        pong.make_optimizer(model, 1e-4, 0.99),
+        5,
+        -20.0,
+        [],
+    )
 
 
 def write_file_at_model_dir(pong, model_dir):
@@ -324,11 +428,19 @@ def snapshot(path):
 BAD_INPUTS = {
     "resume-without-checkpoint": (["--resume", "--episodes", 1], None, {}),
     "resume-corrupt-checkpoint": (["--resume", "--episodes", 1], write_corrupt_checkpoint, {}),
-    "resume-other-hidden-size": (["--resume", "--episodes", 1, "--hidden", 100], write_hidden_200_checkpoint, {}),
+    "resume-other-hidden-size": (
+        ["--resume", "--episodes", 1, "--hidden", 100],
+        write_hidden_200_checkpoint,
+        {},
+    ),
     "negative-batch-size": (["--batch-size", -1], None, {}),
     "zero-learning-rate": (["--learning-rate", 0], None, {}),
     "unknown-flag": (["--unknown-flag"], None, {}),
-    "render-without-display": (["--render", "--episodes", 1], None, {"DISPLAY": None, "WAYLAND_DISPLAY": None}),
+    "render-without-display": (
+        ["--render", "--episodes", 1],
+        None,
+        {"DISPLAY": None, "WAYLAND_DISPLAY": None},
+    ),
     "play-without-checkpoint": (["--play", 1], None, {}),
     "plot-without-progress": (["--plot"], None, {}),
     "model-dir-is-a-file": (["--episodes", 1], write_file_at_model_dir, {}),
@@ -348,7 +460,9 @@ def test_bad_input_exits_2_with_one_line(pong, tmp_path, case):
 
     assert_one_line_error(result)
     assert result.stderr_lines[-1].startswith(f"{SCRIPT.name}: error: ")
-    assert snapshot(model_dir) == before, "a refused command must leave the model directory as it was"
+    assert snapshot(model_dir) == before, (
+        "a refused command must leave the model directory as it was"
+    )
     if case.startswith(("resume", "play")):
         assert str(model_dir / "model_pong.npz") in result.stderr
     if case.startswith("plot"):
@@ -358,8 +472,10 @@ def test_bad_input_exits_2_with_one_line(pong, tmp_path, case):
 def test_a_negative_seed_is_refused_with_one_line(tmp_path):
     """numpy's seeds are >= 0: --seed -1 is bad input, refused before anything is made."""
     model_dir = tmp_path / "m"
-    result = run_script(["--seed", -1, "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
-                        tmp_path)
+    result = run_script(
+        ["--seed", -1, "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
+        tmp_path,
+    )
     assert_one_line_error(result)
     assert "argument --seed: must be >= 0, got -1" in result.stderr
     assert not model_dir.exists()
@@ -368,9 +484,29 @@ def test_a_negative_seed_is_refused_with_one_line(tmp_path):
 def test_help_lists_every_flag(tmp_path):
     result = run_script(["--help"], tmp_path)
     assert result.returncode == 0, result.describe()
-    for flag in ("--render", "--resume", "--episodes", "--batch-size", "--learning-rate", "--gamma", "--decay-rate",
-                 "--hidden", "--init", "--seed", "--model-dir", "--save-every", "--envs", "--play", "--record", "--restart",
-                 "--record-every", "--record-scale", "--record-gif", "--plot", "--model"):
+    for flag in (
+        "--render",
+        "--resume",
+        "--episodes",
+        "--batch-size",
+        "--learning-rate",
+        "--gamma",
+        "--decay-rate",
+        "--hidden",
+        "--init",
+        "--seed",
+        "--model-dir",
+        "--save-every",
+        "--envs",
+        "--play",
+        "--record",
+        "--restart",
+        "--record-every",
+        "--record-scale",
+        "--record-gif",
+        "--plot",
+        "--model",
+    ):
         assert re.search(rf"^\s+{flag}\b", result.stdout, re.M), flag
     assert result.stderr == ""
 
@@ -379,11 +515,15 @@ def test_a_restart_over_an_old_run_says_so_and_restarts_its_logs(train_run, tmp_
     model_dir = tmp_path / "m"
     shutil.copytree(train_run.model_dir, model_dir)
     old_events = set((model_dir / "tensorboard").glob("events.out.tfevents*"))
-    result = run_script(["--restart", "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
-                        tmp_path)
+    result = run_script(
+        ["--restart", "--episodes", 1, "--batch-size", 1, "--envs", 1, "--model-dir", model_dir],
+        tmp_path,
+    )
     assert result.returncode == 0, result.describe()
-    assert f"starting over: the run in {model_dir} is replaced when this one first saves " \
-           "(until then, stopping leaves it as it was)" in result.lines
+    assert (
+        f"starting over: the run in {model_dir} is replaced when this one first saves "
+        "(until then, stopping leaves it as it was)" in result.lines
+    )
     assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
     events = set((model_dir / "tensorboard").glob("events.out.tfevents*"))
     assert events and not events & old_events, "the old run's curves go with it"
@@ -394,13 +534,17 @@ def test_a_format_1_checkpoint_gets_one_line_and_exit_2_and_stays_as_it_was(trai
     """A checkpoint written with Keras' RMSprop (format 1) is no longer read: --play and --resume each say so in
     one line, and the file is left untouched."""
     from test_units import as_format_1
+
     model_dir = tmp_path / "m"
     shutil.copytree(train_run.model_dir, model_dir)
     checkpoint = model_dir / "model_pong.npz"
     np.savez(checkpoint, **as_format_1(load_checkpoint(checkpoint)))
     before = checkpoint.read_bytes()
     expected = f"tutorial_atari_pong.py: error: {checkpoint} has checkpoint format 1; this script reads format 2 only"
-    for args in (["--play", 1, "--envs", 1, "--model", checkpoint], ["--resume", "--episodes", 1, "--model-dir", model_dir]):
+    for args in (
+        ["--play", 1, "--envs", 1, "--model", checkpoint],
+        ["--resume", "--episodes", 1, "--model-dir", model_dir],
+    ):
         result = run_script(args, tmp_path)
         assert_one_line_error(result)
         assert result.stderr_lines == [expected], result.describe()

@@ -1,9 +1,12 @@
 """The shipped model holds its own against Pong's built-in player."""
+
 import pathlib
 
 import numpy as np
 
-PRETRAINED = pathlib.Path(__file__).resolve().parent.parent / "models" / "pretrained" / "model_pong.npz"
+PRETRAINED = (
+    pathlib.Path(__file__).resolve().parent.parent / "models" / "pretrained" / "model_pong.npz"
+)
 WEIGHT_NAMES = ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
 
 

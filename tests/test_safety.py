@@ -2,6 +2,7 @@
 start-up, a damaged log, a stop at a batch end, changed settings, a numeric
 blow-up, episodes cut where the tutorial's Pong-v0 cut them, and the flags
 whose defaults are resolved after parsing."""
+
 import hashlib
 import re
 import shutil
@@ -12,10 +13,24 @@ import sys
 import numpy as np
 import pytest
 import tensorlayer as tl
-
-from helpers import (CHECKPOINT_NAME, EPISODE_RE, SAVED_RE, SCRIPT, LiveRun, assert_one_line_error,
-                     descendants, left_after, load_checkpoint, new_policy, parse_train_log, read_progress,
-                     rewards_episode, run_script, script_env, standardised)
+from helpers import (
+    CHECKPOINT_NAME,
+    EPISODE_RE,
+    SAVED_RE,
+    SCRIPT,
+    LiveRun,
+    assert_one_line_error,
+    descendants,
+    left_after,
+    load_checkpoint,
+    new_policy,
+    parse_train_log,
+    read_progress,
+    rewards_episode,
+    run_script,
+    script_env,
+    standardised,
+)
 
 TINY = ["--batch-size", 1, "--envs", 1, "--hidden", 8]
 
@@ -34,15 +49,24 @@ pong.main(sys.argv[3:])
 def run_patched(patch, args, cwd, timeout=240):
     """The script with `patch` applied first. The timeout fails a test that hangs."""
     args = [str(a) for a in args]
-    done = subprocess.run([sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *args], cwd=cwd,
-                          env=script_env(), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *args],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done
 
 
 def fingerprint(model_dir):
     """Every file of a run folder but its lock, by path, with its sha256."""
-    return {str(path.relative_to(model_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(model_dir.rglob("*")) if path.is_file() and path.name != ".lock"}
+    return {
+        str(path.relative_to(model_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +86,16 @@ def copy_of(run_dir, tmp_path):
 
 # --- (1) a fresh start never wipes a run -------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_a_fresh_start_over_a_run_is_refused_naming_both_ways_on(old_run, tmp_path):
     model_dir = copy_of(old_run, tmp_path)
     before = fingerprint(model_dir)
     result = run_script(["--episodes", 1, *TINY, "--model-dir", model_dir], tmp_path)
     assert_one_line_error(result)
-    assert "--resume continues it" in result.stderr and "--restart starts over" in result.stderr, result.stderr
+    assert "--resume continues it" in result.stderr and "--restart starts over" in result.stderr, (
+        result.stderr
+    )
     assert f"the checkpoint {model_dir / CHECKPOINT_NAME}" in result.stderr
     assert "2 episodes in" in result.stderr
     assert fingerprint(model_dir) == before, "the refused start changed the old run"
@@ -86,7 +113,9 @@ def test_ctrl_c_while_a_restart_starts_up_leaves_the_old_run_exactly_as_it_was(o
     finally:
         run.kill()
     assert returncode == 0 and "Traceback" not in stderr, stderr
-    assert not any(SAVED_RE.match(line) for line in run.seen), "nothing was played, so nothing may be saved"
+    assert not any(SAVED_RE.match(line) for line in run.seen), (
+        "nothing was played, so nothing may be saved"
+    )
     assert fingerprint(model_dir) == before
     assert not (model_dir / ".restart").exists()
 
@@ -95,7 +124,9 @@ def test_ctrl_c_while_a_restart_starts_up_leaves_the_old_run_exactly_as_it_was(o
 def test_a_restart_replaces_the_old_run_at_its_first_save(old_run, tmp_path):
     model_dir = copy_of(old_run, tmp_path)
     old_events = {p.name for p in (model_dir / "tensorboard").iterdir()}
-    result = run_script(["--restart", "--episodes", 1, *TINY, "--seed", 3, "--model-dir", model_dir], tmp_path)
+    result = run_script(
+        ["--restart", "--episodes", 1, *TINY, "--seed", 3, "--model-dir", model_dir], tmp_path
+    )
     assert result.returncode == 0, result.describe()
     assert [row["episode"] for row in read_progress(model_dir)] == ["0"]
     assert int(load_checkpoint(model_dir / CHECKPOINT_NAME)["state/episode"]) == 1
@@ -122,6 +153,7 @@ def test_ctrl_c_before_the_first_episode_writes_no_checkpoint(tmp_path):
 def test_finish_restart_completes_a_saved_restart_and_drops_an_unsaved_one(pong, tmp_path):
     """A hard kill during a restart's first save leaves its folder marked
     'saved': the next start finishes the moves. Unmarked, it is dropped."""
+
     def folder(name, marked):
         run = tmp_path / name
         (run / ".restart" / "tensorboard").mkdir(parents=True)
@@ -155,13 +187,29 @@ def test_finish_restart_completes_a_saved_restart_and_drops_an_unsaved_one(pong,
 
 # --- (2) no hang, no traceback after the workers are forked ------------------------------
 
+
 @pytest.mark.e2e
 def test_a_damaged_progress_csv_is_skipped_with_one_line_and_training_goes_on(old_run, tmp_path):
     model_dir = copy_of(old_run, tmp_path)
     with open(model_dir / "progress.csv", "ab") as f:
         f.write(b"\xff\xfe")
-    result = run_script(["--resume", "--episodes", 1, "--batch-size", 2, "--envs", 2, "--hidden", 8,
-                         "--model-dir", model_dir], tmp_path, timeout=120)
+    result = run_script(
+        [
+            "--resume",
+            "--episodes",
+            1,
+            "--batch-size",
+            2,
+            "--envs",
+            2,
+            "--hidden",
+            8,
+            "--model-dir",
+            model_dir,
+        ],
+        tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.describe()
     assert "Traceback" not in result.stderr
     assert f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in result.lines
@@ -170,19 +218,29 @@ def test_a_damaged_progress_csv_is_skipped_with_one_line_and_training_goes_on(ol
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("command", ["train", "play"])
-def test_an_error_after_the_workers_are_forked_ends_the_program_and_its_workers(old_run, tmp_path, command):
+def test_an_error_after_the_workers_are_forked_ends_the_program_and_its_workers(
+    old_run, tmp_path, command
+):
     """Any exception after the workers are forked (here: building the policy,
     or reading a played episode, fails) must close them: no hang at exit, no
     process left."""
     model_dir = copy_of(old_run, tmp_path)
-    patch = ("def broken(*a, **k): raise RuntimeError('boom')\n"
-             "pong.build_policy = broken\n"
-             "pong.Episode.points_won = property(broken)")
-    flags = (["--resume", "--episodes", 2, "--batch-size", 2] if command == "train" else ["--play", 2]) + [
-        "--envs", 2, "--hidden", 8, "--model-dir", model_dir]
-    process = subprocess.Popen([sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *map(str, flags)],
-                               cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    patch = (
+        "def broken(*a, **k): raise RuntimeError('boom')\n"
+        "pong.build_policy = broken\n"
+        "pong.Episode.points_won = property(broken)"
+    )
+    flags = (
+        ["--resume", "--episodes", 2, "--batch-size", 2] if command == "train" else ["--play", 2]
+    ) + ["--envs", 2, "--hidden", 8, "--model-dir", model_dir]
+    process = subprocess.Popen(
+        [sys.executable, "-c", PATCHED_MAIN, str(SCRIPT), patch, *map(str, flags)],
+        cwd=tmp_path,
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, stderr = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -197,18 +255,23 @@ def test_an_error_after_the_workers_are_forked_ends_the_program_and_its_workers(
 
 # --- (3) a stop at a batch end -----------------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_a_stop_after_a_batch_s_last_episode_still_updates_before_saving(tmp_path):
     """SIGTERM lands after the batch's last episode finished, before its
     update: the update is applied, and the checkpoint keeps no full batch."""
     model_dir = tmp_path / "m"
-    patch = ("import os, signal\n"
-             "add = pong.ProgressLog.add\n"
-             "def add_then_stop(self, episode, running_mean):\n"
-             "    add(self, episode, running_mean)\n"
-             "    if episode.number == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
-             "pong.ProgressLog.add = add_then_stop")
-    done = run_patched(patch, ["--batch-size", 2, "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    patch = (
+        "import os, signal\n"
+        "add = pong.ProgressLog.add\n"
+        "def add_then_stop(self, episode, running_mean):\n"
+        "    add(self, episode, running_mean)\n"
+        "    if episode.number == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "pong.ProgressLog.add = add_then_stop"
+    )
+    done = run_patched(
+        patch, ["--batch-size", 2, "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     log = parse_train_log(done.stdout.splitlines())
     steps = [int(row["steps"]) for row in read_progress(model_dir)]
@@ -222,21 +285,38 @@ def test_a_checkpoint_holding_a_whole_batch_is_updated_first_on_resume(tmp_path)
     """Older versions could save a whole batch unapplied: the resumed run
     applies it first, so no update ever covers two batches."""
     model_dir = tmp_path / "m"
-    first = run_script(["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
-                       tmp_path)
+    first = run_script(
+        ["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
+        tmp_path,
+    )
     assert first.returncode == 0, first.describe()
     arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
     arrays["config/batch_size"] = np.asarray(2)  # as if stopped at the end of a batch of 2
     np.savez(model_dir / CHECKPOINT_NAME, **arrays)
     steps = [int(row["steps"]) for row in read_progress(model_dir)]
-    resumed = run_script(["--resume", "--episodes", 1, "--batch-size", 2, "--envs", 1, "--hidden", 8,
-                          "--model-dir", model_dir], tmp_path)
+    resumed = run_script(
+        [
+            "--resume",
+            "--episodes",
+            1,
+            "--batch-size",
+            2,
+            "--envs",
+            1,
+            "--hidden",
+            8,
+            "--model-dir",
+            model_dir,
+        ],
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.describe()
     assert parse_train_log(resumed.lines).batches == [(2, sum(steps))]
     assert len(load_checkpoint(model_dir / CHECKPOINT_NAME)["pending/steps"]) == 1
 
 
 # --- (4) episodes cut at the tutorial's 10,000 steps ---------------------------------------
+
 
 def test_episodes_are_cut_at_pong_v0_s_10000_steps(pong):
     assert pong.MAX_EPISODE_STEPS == 10000
@@ -245,9 +325,11 @@ def test_episodes_are_cut_at_pong_v0_s_10000_steps(pong):
 @pytest.mark.e2e
 def test_a_cut_episode_ends_at_the_step_limit_and_its_undecided_steps_get_no_credit(tmp_path):
     model_dir = tmp_path / "m"
-    done = run_patched("pong.MAX_EPISODE_STEPS = 150",
-                       ["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
-                       tmp_path)
+    done = run_patched(
+        "pong.MAX_EPISODE_STEPS = 150",
+        ["--episodes", 2, "--batch-size", 10, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     rows = read_progress(model_dir)
     assert [int(row["steps"]) for row in rows] == [150, 150]
@@ -260,7 +342,10 @@ def test_batch_returns_give_undecided_steps_0_and_leave_whole_episodes_as_the_tu
     whole = [rewards_episode(pong, [0, 0, 1, 0, -1]), rewards_episode(pong, [0, -1])]
     np.testing.assert_allclose(pong.batch_returns(whole, 0.99), standardised(discounted), rtol=1e-5)
 
-    cut = [rewards_episode(pong, [0, 0, 1, 0, -1]), rewards_episode(pong, [0, -1, 0, 0])]  # ends undecided
+    cut = [
+        rewards_episode(pong, [0, 0, 1, 0, -1]),
+        rewards_episode(pong, [0, -1, 0, 0]),
+    ]  # ends undecided
     returns = pong.batch_returns(cut, 0.99)
     np.testing.assert_array_equal(returns[-2:], [0, 0])
     np.testing.assert_allclose(returns[:-2], standardised(discounted), rtol=1e-5)
@@ -268,40 +353,107 @@ def test_batch_returns_give_undecided_steps_0_and_leave_whole_episodes_as_the_tu
 
 # --- (5) settings kept in the checkpoint ---------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_path):
     model_dir = tmp_path / "m"
-    first = run_script(["--episodes", 1, "--batch-size", 3, "--learning-rate", 0.002, "--decay-rate", 0.9,
-                        "--gamma", 0.95, "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    first = run_script(
+        [
+            "--episodes",
+            1,
+            "--batch-size",
+            3,
+            "--learning-rate",
+            0.002,
+            "--decay-rate",
+            0.9,
+            "--gamma",
+            0.95,
+            "--envs",
+            1,
+            "--hidden",
+            8,
+            "--model-dir",
+            model_dir,
+        ],
+        tmp_path,
+    )
     assert first.returncode == 0, first.describe()
     arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
-    assert {name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma", "batch_size")} \
-        == {"learning_rate": 0.002, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 3}
+    assert {
+        name: arrays["config/" + name].item()
+        for name in ("learning_rate", "decay_rate", "gamma", "batch_size")
+    } == {"learning_rate": 0.002, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 3}
     before = fingerprint(model_dir)
 
-    refused = run_script(["--resume", "--episodes", 1, "--batch-size", 4, "--learning-rate", 0.002,
-                          "--decay-rate", 0.9, "--gamma", 0.95, "--envs", 1, "--hidden", 8, "--model-dir", model_dir],
-                         tmp_path)
+    refused = run_script(
+        [
+            "--resume",
+            "--episodes",
+            1,
+            "--batch-size",
+            4,
+            "--learning-rate",
+            0.002,
+            "--decay-rate",
+            0.9,
+            "--gamma",
+            0.95,
+            "--envs",
+            1,
+            "--hidden",
+            8,
+            "--model-dir",
+            model_dir,
+        ],
+        tmp_path,
+    )
     assert_one_line_error(refused)
-    assert "1 episodes of an unfinished batch of 3" in refused.stderr and "--batch-size 3" in refused.stderr
+    assert (
+        "1 episodes of an unfinished batch of 3" in refused.stderr
+        and "--batch-size 3" in refused.stderr
+    )
     assert fingerprint(model_dir) == before
 
-    resumed = run_script(["--resume", "--episodes", 1, "--batch-size", 3, "--learning-rate", 0.001,
-                          "--envs", 1, "--hidden", 8, "--model-dir", model_dir], tmp_path)
+    resumed = run_script(
+        [
+            "--resume",
+            "--episodes",
+            1,
+            "--batch-size",
+            3,
+            "--learning-rate",
+            0.001,
+            "--envs",
+            1,
+            "--hidden",
+            8,
+            "--model-dir",
+            model_dir,
+        ],
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.describe()
-    assert ("settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, --decay-rate 0.9 -> 0.99, "
-            "--gamma 0.95 -> 0.99") in resumed.lines
+    assert (
+        "settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, --decay-rate 0.9 -> 0.99, "
+        "--gamma 0.95 -> 0.99"
+    ) in resumed.lines
     assert load_checkpoint(model_dir / CHECKPOINT_NAME)["config/learning_rate"].item() == 0.001
 
 
 # --- (6) non-finite numbers are never applied or saved -------------------------------------
 
+
 @pytest.mark.e2e
-def test_a_blown_up_update_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(old_run, tmp_path):
+def test_a_blown_up_update_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(
+    old_run, tmp_path
+):
     model_dir = copy_of(old_run, tmp_path)
     before = fingerprint(model_dir)
-    result = run_script(["--resume", "--episodes", 3, *TINY, "--learning-rate", 1e38, "--model-dir", model_dir],
-                        tmp_path)
+    result = run_script(
+        ["--resume", "--episodes", 3, *TINY, "--learning-rate", 1e38, "--model-dir", model_dir],
+        tmp_path,
+    )
     assert result.returncode == 1, result.describe()
     assert "Traceback" not in result.stderr and len(result.stderr_lines) == 1, result.stderr
     assert "non-finite" in result.stderr
@@ -309,16 +461,27 @@ def test_a_blown_up_update_stops_training_with_one_line_and_keeps_the_last_good_
     assert fingerprint(model_dir)[CHECKPOINT_NAME] == before[CHECKPOINT_NAME]
 
 
-def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite_weights(pong, tmp_path):
+def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite_weights(
+    pong, tmp_path
+):
     model = new_policy(pong, 8)
     optimizer = pong.make_optimizer(model, 1e-4, 0.99)
     before = [w.numpy().copy() for w in model.trainable_weights]
 
     def nan_gradient(*args):
         return [np.full(w.shape, np.nan, np.float32) for w in model.trainable_weights]
+
     rewards = np.array([0, 1], np.int8)
-    batch = [pong.Episode(0, np.array([1, 1], np.int16), np.array([5, 6], np.int16), np.array([1, -1], np.int8),
-                          np.array([0, 2], np.int8), rewards)]
+    batch = [
+        pong.Episode(
+            0,
+            np.array([1, 1], np.int16),
+            np.array([5, 6], np.int16),
+            np.array([1, -1], np.int8),
+            np.array([0, 2], np.int8),
+            rewards,
+        )
+    ]
     with pytest.raises(pong.NonFiniteError, match="gradient is not finite"):
         pong.update_policy(model, optimizer, nan_gradient, batch, 0.99)
     for b, w in zip(before, model.trainable_weights):
@@ -331,8 +494,11 @@ def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("command", [["--resume", "--episodes", 1, *TINY], ["--play", 1, "--envs", 1, "--hidden", 8]],
-                         ids=["resume", "play"])
+@pytest.mark.parametrize(
+    "command",
+    [["--resume", "--episodes", 1, *TINY], ["--play", 1, "--envs", 1, "--hidden", 8]],
+    ids=["resume", "play"],
+)
 def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(old_run, tmp_path, command):
     model_dir = copy_of(old_run, tmp_path)
     arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
@@ -345,13 +511,19 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(old_run, tmp_pa
 
 # --- (7) defaults resolved after parsing -----------------------------------------------------
 
+
 def test_envs_defaults_to_one_per_core_capped_by_the_episodes_at_once(pong, capsys):
     assert pong.parse_args(["--play", "1"]).envs == 1, "--play 1 forks no second emulator"
     assert pong.parse_args(["--batch-size", "1"]).envs == 1
     assert 1 <= pong.parse_args([]).envs <= 10
-    assert "more than the batch size" not in capsys.readouterr().out, "said although --envs was not given"
+    assert "more than the batch size" not in capsys.readouterr().out, (
+        "said although --envs was not given"
+    )
     assert pong.parse_args(["--envs", "4", "--batch-size", "2"]).envs == 2
-    assert "--envs 4 is more than the batch size: 2 episodes are played at once" in capsys.readouterr().out
+    assert (
+        "--envs 4 is more than the batch size: 2 episodes are played at once"
+        in capsys.readouterr().out
+    )
 
 
 def test_envs_is_1_off_linux_and_more_without_fork_is_one_line(pong, monkeypatch, capsys):
@@ -362,7 +534,11 @@ def test_envs_is_1_off_linux_and_more_without_fork_is_one_line(pong, monkeypatch
         pong.parse_args(["--envs", "2"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs worker processes started by fork" in err[0] and "--envs 1" in err[0]
+    assert (
+        len(err) == 1
+        and "needs worker processes started by fork" in err[0]
+        and "--envs 1" in err[0]
+    )
 
 
 def test_resume_and_restart_together_are_refused(pong, capsys):
@@ -373,14 +549,22 @@ def test_resume_and_restart_together_are_refused(pong, capsys):
 
 # --- --init, the tutorial's third knob --------------------------------------------------------
 
+
 def test_init_default_is_the_tutorial_s_glorot_uniform_and_others_have_their_spread(pong):
     assert pong.parse_args([]).init == "glorot-uniform"
     fan_in, fan_out = 6400, 200
-    expected_std = {"glorot-uniform": np.sqrt(2 / (fan_in + fan_out)), "glorot-normal": np.sqrt(2 / (fan_in + fan_out)),
-                    "he-uniform": np.sqrt(2 / fan_in), "he-normal": np.sqrt(2 / fan_in), "truncated-normal": 0.05 * 0.88}
+    expected_std = {
+        "glorot-uniform": np.sqrt(2 / (fan_in + fan_out)),
+        "glorot-normal": np.sqrt(2 / (fan_in + fan_out)),
+        "he-uniform": np.sqrt(2 / fan_in),
+        "he-normal": np.sqrt(2 / fan_in),
+        "truncated-normal": 0.05 * 0.88,
+    }
     assert set(expected_std) == set(pong.INITIALISERS)
     for name, std in expected_std.items():
-        tl.models.core._global_model_name_set.discard("policy")  # one model named 'policy' at a time
+        tl.models.core._global_model_name_set.discard(
+            "policy"
+        )  # one model named 'policy' at a time
         model = pong.build_policy(200, 1, name)
         hidden_w, hidden_b = model.trainable_weights[0].numpy(), model.trainable_weights[1].numpy()
         assert hidden_w.std() == pytest.approx(std, rel=0.03), name
@@ -390,45 +574,63 @@ def test_init_default_is_the_tutorial_s_glorot_uniform_and_others_have_their_spr
     default = new_policy(pong, 200, 1)
     tl.models.core._global_model_name_set.discard("policy")
     glorot = pong.build_policy(200, 1, "glorot-uniform")
-    np.testing.assert_array_equal(default.trainable_weights[0].numpy(), glorot.trainable_weights[0].numpy())
+    np.testing.assert_array_equal(
+        default.trainable_weights[0].numpy(), glorot.trainable_weights[0].numpy()
+    )
 
 
 @pytest.mark.e2e
 def test_init_is_used_by_training_and_an_unknown_name_is_one_line(tmp_path):
-    result = run_script(["--episodes", 1, *TINY, "--init", "he-normal", "--model-dir", tmp_path / "m"], tmp_path)
+    result = run_script(
+        ["--episodes", 1, *TINY, "--init", "he-normal", "--model-dir", tmp_path / "m"], tmp_path
+    )
     assert result.returncode == 0, result.describe()
     hidden_w = load_checkpoint(tmp_path / "m" / CHECKPOINT_NAME)["hidden/weights"]
     assert hidden_w.std() == pytest.approx(np.sqrt(2 / 6400), rel=0.05)
-    bad = run_script(["--episodes", 1, *TINY, "--init", "zeros", "--model-dir", tmp_path / "n"], tmp_path)
+    bad = run_script(
+        ["--episodes", 1, *TINY, "--init", "zeros", "--model-dir", tmp_path / "n"], tmp_path
+    )
     assert_one_line_error(bad)
     assert "--init" in bad.stderr
     assert not (tmp_path / "n").exists()
 
 
-
 # --- --plot of a sweep trial's seeds ----------------------------------------------------------
 
-def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, sweep, tmp_path, capsys):
+
+def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(
+    pong, sweep, tmp_path, capsys
+):
     trial = tmp_path / "trial-0001"
     for seed, rewards in ((1, [-21, -20, -19, -18]), (2, [-19, -19, -17, -16])):
         folder = trial / f"seed-{seed}"
         folder.mkdir(parents=True)
         rows = ["episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time"]
-        rows += [f"{n},{r},{r},{21 + r},21,900,1.0,2026-12-01T10:00:0{n}" for n, r in enumerate(rewards)]
+        rows += [
+            f"{n},{r},{r},{21 + r},21,900,1.0,2026-12-01T10:00:0{n}" for n, r in enumerate(rewards)
+        ]
         (folder / "progress.csv").write_text("\n".join(rows) + "\n")
     other = tmp_path / "other"
     shutil.copytree(trial / "seed-1", other)
     assert sweep.seed_groups([str(trial / "seed-1"), str(trial / "seed-2"), str(other)]) == {
-        str(trial): [str(trial / "seed-1"), str(trial / "seed-2")], str(other): [str(other)]}
+        str(trial): [str(trial / "seed-1"), str(trial / "seed-2")],
+        str(other): [str(other)],
+    }
 
     args = pong.parse_args(["--plot", str(trial / "seed-1"), str(trial / "seed-2"), str(other)])
     figure = pong.plot(args)
     top, bottom = figure.axes
     labels = [line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")]
-    assert labels == [f"{trial} (mean of 2 seeds, band: min to max): running mean (4 episodes)",
-                      f"{other}: running mean (4 episodes)"]
+    assert labels == [
+        f"{trial} (mean of 2 seeds, band: min to max): running mean (4 episodes)",
+        f"{other}: running mean (4 episodes)",
+    ]
     np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
     assert len(top.collections) == 1, "one band, for the setting with two seeds"
-    assert top.get_title() == f"Pong from pixels: {trial}, {other}", "the title names each setting once"
+    assert top.get_title() == f"Pong from pixels: {trial}, {other}", (
+        "the title names each setting once"
+    )
     assert (tmp_path / "learning_curve.png").exists()
-    assert capsys.readouterr().out.count(" hours of training; over the ") == 3, "each folder still gets its own table"
+    assert capsys.readouterr().out.count(" hours of training; over the ") == 3, (
+        "each folder still gets its own table"
+    )

@@ -2,6 +2,7 @@
 real PostgreSQL server where one is given), real runs of the script on the
 real Pong-v0, real signals. Each trial is kept tiny: a few episodes of a
 network with 8 hidden units, one update per episode."""
+
 import os
 import pathlib
 import re
@@ -17,8 +18,15 @@ import optuna
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from helpers import (REPO, Result, assert_one_line_error, descendants, left_after, read_progress,  # noqa: E402
-                     script_env)
+from helpers import (
+    REPO,
+    Result,
+    assert_one_line_error,
+    descendants,
+    left_after,
+    read_progress,
+    script_env,
+)
 
 SWEEP = REPO / "sweep.py"
 TINY = ["--", "--batch-size", "1", "--hidden", "8"]  # after --: every run of a trial gets these
@@ -29,14 +37,26 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 def run_sweep(args, cwd, timeout=900, sweep=SWEEP):
     """sweep.py to its end; the timeout only guards against a hang."""
     args = [str(a) for a in args]
-    done = subprocess.run([sys.executable, str(sweep), *args], cwd=cwd, env=script_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(sweep), *args],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(args, done.returncode, done.stdout, done.stderr)
 
 
 def start_sweep(args, cwd, log):
-    return subprocess.Popen([sys.executable, str(SWEEP), *[str(a) for a in args]], cwd=cwd, env=script_env(),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(SWEEP), *[str(a) for a in args]],
+        cwd=cwd,
+        env=script_env(),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process, log, timeout=900):
@@ -45,7 +65,9 @@ def finish(process, log, timeout=900):
 
 
 def load(cwd, name="pong", url=None):
-    return optuna.load_study(study_name=name, storage=url or f"sqlite:///{cwd / 'runs' / 'studies.db'}")
+    return optuna.load_study(
+        study_name=name, storage=url or f"sqlite:///{cwd / 'runs' / 'studies.db'}"
+    )
 
 
 def expected_objective(trial_folder, episodes, seeds):
@@ -54,8 +76,10 @@ def expected_objective(trial_folder, episodes, seeds):
     means = []
     for seed in range(1, seeds + 1):
         rows = read_progress(trial_folder / f"seed-{seed}")
-        assert [int(r["episode"]) for r in rows] == list(range(episodes)), "each episode once, in order"
-        tail = rows[episodes - max(1, episodes // 10):]
+        assert [int(r["episode"]) for r in rows] == list(range(episodes)), (
+            "each episode once, in order"
+        )
+        tail = rows[episodes - max(1, episodes // 10) :]
         means.append(np.mean([float(r["reward"]) for r in tail]))
     return float(np.mean(means))
 
@@ -82,11 +106,14 @@ def trial_lines(output):
 
 # --- One machine, SQLite --------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory):
     """2 trials x 4 episodes x 2 seeds, run to the end, no pruning."""
     cwd = tmp_path_factory.mktemp("sweep")
-    result = run_sweep(["--trials", 2, "--episodes", 4, "--seeds", 2, "--save-every", 2, "--no-prune", *TINY], cwd)
+    result = run_sweep(
+        ["--trials", 2, "--episodes", 4, "--seeds", 2, "--save-every", 2, "--no-prune", *TINY], cwd
+    )
     return cwd, result
 
 
@@ -103,7 +130,9 @@ def test_both_trials_complete_with_the_objective_of_their_progress_rows(small_st
         folder = cwd / "runs" / "pong" / f"trial-{t.number:04d}"
         assert t.value == pytest.approx(expected_objective(folder, 4, 2))
         log = (folder / "seed-2" / "train.log").read_text()
-        assert log.rstrip().endswith(f"saved checkpoint to {folder.relative_to(cwd)}/seed-2/model_pong.npz (episode 4)")
+        assert log.rstrip().endswith(
+            f"saved checkpoint to {folder.relative_to(cwd)}/seed-2/model_pong.npz (episode 4)"
+        )
         assert t.intermediate_values.keys() == {2}  # every --save-every episodes, before the end
     assert "study pong holds 2 finished trials" in result.stdout
 
@@ -114,7 +143,9 @@ def test_report_from_the_storage_alone_best_first_and_its_figure(small_study, tm
     elsewhere = tmp_path / "another-machine"  # the database alone, without the runs' folders
     elsewhere.mkdir()
     shutil.copy(cwd / "runs" / "studies.db", elsewhere / "copy.db")
-    result = run_sweep(["--report", "--storage", f"sqlite:///{elsewhere / 'copy.db'}", "--runs", "out"], elsewhere)
+    result = run_sweep(
+        ["--report", "--storage", f"sqlite:///{elsewhere / 'copy.db'}", "--runs", "out"], elsewhere
+    )
     assert result.returncode == 0, result.describe()
     assert result.stderr == "", result.describe()
     study = load(cwd)
@@ -138,7 +169,10 @@ def test_two_sweeps_at_once_on_one_file_share_the_trials(tmp_path):
     first = start_sweep(args, tmp_path, tmp_path / "first.log")
     time.sleep(3)  # the first creates the study; the second finds it
     second = start_sweep(args, tmp_path, tmp_path / "second.log")
-    (code_1, out_1), (code_2, out_2) = finish(first, tmp_path / "first.log"), finish(second, tmp_path / "second.log")
+    (code_1, out_1), (code_2, out_2) = (
+        finish(first, tmp_path / "first.log"),
+        finish(second, tmp_path / "second.log"),
+    )
     assert code_1 == code_2 == 0, out_1 + out_2
     started_1, started_2 = trial_lines(out_1), trial_lines(out_2)
     assert started_1 and started_2, "both sweeps trained\n" + out_1 + out_2
@@ -155,12 +189,26 @@ def test_two_sweeps_at_once_on_one_file_share_the_trials(tmp_path):
 @pytest.mark.e2e
 def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it(tmp_path):
     episodes = 10
-    args = ["--trials", 1, "--episodes", episodes, "--seeds", 2, "--save-every", 2, "--grace-period", 10, *TINY]
+    args = [
+        "--trials",
+        1,
+        "--episodes",
+        episodes,
+        "--seeds",
+        2,
+        "--save-every",
+        2,
+        "--grace-period",
+        10,
+        *TINY,
+    ]
     trial_folder = tmp_path / "runs" / "pong" / "trial-0000"
     sweep = start_sweep(args, tmp_path, tmp_path / "killed.log")
     try:
-        wait_until(lambda: all((checkpoint_episode(trial_folder / f"seed-{s}") or 0) >= 2 for s in (1, 2)),
-                   "both seeds saved a checkpoint")
+        wait_until(
+            lambda: all((checkpoint_episode(trial_folder / f"seed-{s}") or 0) >= 2 for s in (1, 2)),
+            "both seeds saved a checkpoint",
+        )
         started = descendants(sweep.pid)
         assert len(started) >= 2, "the two runs"
         sweep.kill()
@@ -171,7 +219,10 @@ def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it
     assert left_after(started, seconds=15) == [], "the runs end when their sweep is killed"
     saved = {s: checkpoint_episode(trial_folder / f"seed-{s}") for s in (1, 2)}
     # The seeds run side by side at their own pace: one may have finished before the other saved.
-    assert all(2 <= episode <= episodes for episode in saved.values()) and min(saved.values()) < episodes, saved
+    assert (
+        all(2 <= episode <= episodes for episode in saved.values())
+        and min(saved.values()) < episodes
+    ), saved
 
     result = run_sweep(args, tmp_path)
     assert result.returncode == 0, result.describe()
@@ -179,13 +230,17 @@ def test_kill_9_mid_trial_leaves_nothing_running_and_the_same_command_resumes_it
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE], states
     retried = study.get_trials()[1]
-    assert retried.system_attrs["failed_trial"] == 0 and retried.user_attrs["folder"] == "trial-0000"
+    assert (
+        retried.system_attrs["failed_trial"] == 0 and retried.user_attrs["folder"] == "trial-0000"
+    )
     assert "(trial 0 tried again)" in result.stdout
     for s in (1, 2):
         log = (trial_folder / f"seed-{s}" / "train.log").read_text()
         resumed = f"resumed from runs/pong/trial-0000/seed-{s}/model_pong.npz at episode {saved[s]}"
         assert (resumed in log) == (saved[s] < episodes), (s, saved)
-    assert retried.value == pytest.approx(expected_objective(trial_folder, episodes, 2))  # each episode once
+    assert retried.value == pytest.approx(
+        expected_objective(trial_folder, episodes, 2)
+    )  # each episode once
 
 
 @pytest.mark.e2e
@@ -194,7 +249,9 @@ def test_sigterm_stops_the_runs_saved_and_queues_the_trial_again(tmp_path):
     sweep = start_sweep(args, tmp_path, tmp_path / "sweep.log")
     trial_folder = tmp_path / "runs" / "pong" / "trial-0000"
     try:
-        wait_until(lambda: "trial 0 episode 2:" in (tmp_path / "sweep.log").read_text(), "the first report")
+        wait_until(
+            lambda: "trial 0 episode 2:" in (tmp_path / "sweep.log").read_text(), "the first report"
+        )
         started = descendants(sweep.pid)
         sweep.send_signal(signal.SIGTERM)
         code, output = finish(sweep, tmp_path / "sweep.log", timeout=180)
@@ -206,9 +263,14 @@ def test_sigterm_stops_the_runs_saved_and_queues_the_trial_again(tmp_path):
     assert left_after(started, seconds=0) == []
     for s in (1, 2):
         last = (trial_folder / f"seed-{s}" / "train.log").read_text().splitlines()[-1]
-        assert re.fullmatch(rf"saved checkpoint to .*seed-{s}/model_pong.npz \(episode \d\)", last), last
+        assert re.fullmatch(
+            rf"saved checkpoint to .*seed-{s}/model_pong.npz \(episode \d\)", last
+        ), last
     trials = load(tmp_path).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.WAITING,
+    ]
     assert trials[1].params == trials[0].params and trials[1].user_attrs["folder"] == "trial-0000"
 
 
@@ -225,16 +287,38 @@ def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
     study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
     for name, value in {"episodes": episodes, "seeds": 1, "run_flags": TINY[1:]}.items():
         study.set_user_attr(name, value)
-    distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
-                     "decay_rate": optuna.distributions.FloatDistribution(0.9, 0.999),
-                     "init": optuna.distributions.CategoricalDistribution(
-                         ["glorot-uniform", "glorot-normal", "he-uniform", "he-normal", "truncated-normal"])}
+    distributions = {
+        "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+        "decay_rate": optuna.distributions.FloatDistribution(0.9, 0.999),
+        "init": optuna.distributions.CategoricalDistribution(
+            ["glorot-uniform", "glorot-normal", "he-uniform", "he-normal", "truncated-normal"]
+        ),
+    }
     for lr in (1e-4, 2e-4, 3e-4, 4e-4, 5e-4):
-        study.add_trial(optuna.trial.create_trial(
-            params={"learning_rate": lr, "decay_rate": 0.99, "init": "glorot-uniform"},
-            distributions=distributions, value=21.0, intermediate_values={2: 21.0, 4: 21.0}))
-    result = run_sweep(["--trials", 6, "--episodes", episodes, "--seeds", 1, "--save-every", 2,
-                        "--enqueue", "learning_rate=1e-2,decay_rate=0.9,init=he-normal", *TINY], tmp_path)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": lr, "decay_rate": 0.99, "init": "glorot-uniform"},
+                distributions=distributions,
+                value=21.0,
+                intermediate_values={2: 21.0, 4: 21.0},
+            )
+        )
+    result = run_sweep(
+        [
+            "--trials",
+            6,
+            "--episodes",
+            episodes,
+            "--seeds",
+            1,
+            "--save-every",
+            2,
+            "--enqueue",
+            "learning_rate=1e-2,decay_rate=0.9,init=he-normal",
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.describe()
     pruned = load(tmp_path).get_trials()[5]
     assert pruned.state == optuna.trial.TrialState.PRUNED, result.describe()
@@ -242,13 +326,16 @@ def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
     assert "trial 5 pruned at episode 2" in result.stdout
     seed_folder = tmp_path / "runs" / "pong" / "trial-0005" / "seed-1"
     assert checkpoint_episode(seed_folder) < episodes  # stopped early, saved
-    assert (seed_folder / "train.log").read_text().splitlines()[-1].startswith("saved checkpoint to")
+    assert (
+        (seed_folder / "train.log").read_text().splitlines()[-1].startswith("saved checkpoint to")
+    )
     report = run_sweep(["--report"], tmp_path)
     assert report.returncode == 0, report.describe()
     assert re.search(r"^\s+5 .* pruned ", report.stdout, re.M), report.stdout
 
 
 # --- Bad input --------------------------------------------------------------------
+
 
 @pytest.fixture
 def study_file(tmp_path):
@@ -257,8 +344,10 @@ def study_file(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
     study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
     study.enqueue_trial({"learning_rate": 1e-4, "decay_rate": 0.99, "init": "glorot-uniform"})
-    study.optimize(lambda trial: -20.0 if trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True) else 0,
-                   n_trials=1)
+    study.optimize(
+        lambda trial: -20.0 if trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True) else 0,
+        n_trials=1,
+    )
     return tmp_path
 
 
@@ -267,18 +356,27 @@ def assert_study_intact(cwd):
     assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, -20.0)]
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--storage", "not a url"], "not a database URL"),
-    (["--storage", "postgresql://nobody:secret@127.0.0.1:1/none"], "cannot open the study database"),
-    (["--storage", "nosuchdb://host/x"], "cannot open the study database"),
-    (["--trials", 1, "--", "--seed", "3"], "--seed after --: the sweep sets it"),
-    (["--trials", 1, "--", "--learn=1e-3"], "--learn=1e-3 after --"),
-    (["--trials", 1, "--enqueue", "learning_rate=1"], "outside the search block"),
-    (["--trials", 1, "--enqueue", "speed=3"], "expected NAME=VALUE"),
-    (["--trials", 1, "--episodes", 9], "study pong trains with --episodes 3000 --seeds 2"),
-    (["--trials", 0], "--trials"),
-    (["--report", "--study", "nope"], "no study nope in sqlite:///runs/studies.db (there: pong)"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--storage", "not a url"], "not a database URL"),
+        (
+            ["--storage", "postgresql://nobody:secret@127.0.0.1:1/none"],
+            "cannot open the study database",
+        ),
+        (["--storage", "nosuchdb://host/x"], "cannot open the study database"),
+        (["--trials", 1, "--", "--seed", "3"], "--seed after --: the sweep sets it"),
+        (["--trials", 1, "--", "--learn=1e-3"], "--learn=1e-3 after --"),
+        (["--trials", 1, "--enqueue", "learning_rate=1"], "outside the search block"),
+        (["--trials", 1, "--enqueue", "speed=3"], "expected NAME=VALUE"),
+        (["--trials", 1, "--episodes", 9], "study pong trains with --episodes 3000 --seeds 2"),
+        (["--trials", 0], "--trials"),
+        (
+            ["--report", "--study", "nope"],
+            "no study nope in sqlite:///runs/studies.db (there: pong)",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_loses_nothing(study_file, flags, words):
     if "--episodes" in flags:  # the study as a sweep of the defaults would have left it
         for name, value in {"episodes": 3000, "seeds": 2, "run_flags": []}.items():
@@ -297,11 +395,14 @@ def test_report_without_a_database_creates_none(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("line, value", [
-    ("LEARNING_RATE = (1e-5, 1e-2)", "LEARNING_RATE = (1e-2, 1e-5)"),
-    ("DECAY_RATE = (0.9, 0.999)", "DECAY_RATE = (0.9, 1.5)"),
-    ('INITIALISERS = ["glorot-uniform",', 'INITIALISERS = ["xavier", "glorot-uniform",'),
-])
+@pytest.mark.parametrize(
+    "line, value",
+    [
+        ("LEARNING_RATE = (1e-5, 1e-2)", "LEARNING_RATE = (1e-2, 1e-5)"),
+        ("DECAY_RATE = (0.9, 0.999)", "DECAY_RATE = (0.9, 1.5)"),
+        ('INITIALISERS = ["glorot-uniform",', 'INITIALISERS = ["xavier", "glorot-uniform",'),
+    ],
+)
 def test_a_bad_value_in_the_search_block_is_one_line(study_file, line, value):
     edited = study_file / "edited"
     edited.mkdir()
@@ -318,44 +419,73 @@ def test_a_bad_value_in_the_search_block_is_one_line(study_file, line, value):
 @pytest.mark.e2e
 def test_a_trial_folder_locked_by_a_training_run_is_one_line_and_the_trial_waits(tmp_path):
     folder = tmp_path / "runs" / "pong" / "trial-0000" / "seed-1"
-    training = subprocess.Popen([sys.executable, str(REPO / "tutorial_atari_pong.py"), "--model-dir", str(folder),
-                                 "--envs", "1", *TINY[1:]], cwd=tmp_path, env=script_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    training = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tutorial_atari_pong.py"),
+            "--model-dir",
+            str(folder),
+            "--envs",
+            "1",
+            *TINY[1:],
+        ],
+        cwd=tmp_path,
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in training.stdout:  # its first point: the folder is locked by then
             if line.startswith("episode 0: game 0"):
                 break
-        result = run_sweep(["--trials", 1, "--episodes", 2, "--seeds", 1, *TINY], tmp_path, timeout=120)
+        result = run_sweep(
+            ["--trials", 1, "--episodes", 2, "--seeds", 1, *TINY], tmp_path, timeout=120
+        )
     finally:
         training.send_signal(signal.SIGTERM)
         training.communicate(timeout=120)
     assert_one_line_error(result)
-    assert f"another training run (pid {training.pid}) is using runs/pong/trial-0000/seed-1" in result.stderr
+    assert (
+        f"another training run (pid {training.pid}) is using runs/pong/trial-0000/seed-1"
+        in result.stderr
+    )
     trials = load(tmp_path).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.WAITING,
+    ]
     assert trials[1].user_attrs["folder"] == "trial-0000"
 
 
 def test_help_states_the_objective():
     result = run_sweep(["--help"], REPO, timeout=120)
     assert result.returncode == 0
-    assert "mean episode reward over the last tenth of the E episodes" in " ".join(result.stdout.split())
+    assert "mean episode reward over the last tenth of the E episodes" in " ".join(
+        result.stdout.split()
+    )
     assert "averaged over the seeds" in " ".join(result.stdout.split())
 
 
 # --- Many machines: PostgreSQL ------------------------------------------------------
 
+
 def postgres_or_skip():
     """The server's URL as Optuna takes it here (psycopg2, the driver requirements.txt installs)."""
     if not POSTGRES_URL:
-        pytest.skip("!!!!!!!! PONG_SWEEP_POSTGRES_URL is not set: the many-machine path (PostgreSQL) is NOT "
-                    "tested; .ci/run starts a server and sets it !!!!!!!!")
+        pytest.skip(
+            "!!!!!!!! PONG_SWEEP_POSTGRES_URL is not set: the many-machine path (PostgreSQL) is NOT "
+            "tested; .ci/run starts a server and sets it !!!!!!!!"
+        )
     import psycopg2  # a missing driver fails the test: requirements.txt must bring it
+
     try:
         psycopg2.connect(POSTGRES_URL, connect_timeout=10).close()
     except psycopg2.OperationalError as error:
-        pytest.skip(f"!!!!!!!! PostgreSQL at PONG_SWEEP_POSTGRES_URL cannot be reached ({' '.join(str(error).split())}):"
-                    " the many-machine path is NOT tested !!!!!!!!")
+        pytest.skip(
+            f"!!!!!!!! PostgreSQL at PONG_SWEEP_POSTGRES_URL cannot be reached ({' '.join(str(error).split())}):"
+            " the many-machine path is NOT tested !!!!!!!!"
+        )
     return POSTGRES_URL
 
 
@@ -364,28 +494,53 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
     url = postgres_or_skip()
     name = f"test-{uuid.uuid4().hex[:8]}"
     machines = [tmp_path / "machine-a", tmp_path / "machine-b"]  # each its own runs folder
-    args = ["--trials", 3, "--episodes", 2, "--seeds", 1, "--save-every", 2, "--storage", url, "--study", name, *TINY]
+    args = [
+        "--trials",
+        3,
+        "--episodes",
+        2,
+        "--seeds",
+        1,
+        "--save-every",
+        2,
+        "--storage",
+        url,
+        "--study",
+        name,
+        *TINY,
+    ]
     try:
         for machine in machines:
             machine.mkdir()
         first = start_sweep(args, machines[0], tmp_path / "a.log")
         time.sleep(3)
         second = start_sweep(args, machines[1], tmp_path / "b.log")
-        (code_a, out_a), (code_b, out_b) = finish(first, tmp_path / "a.log"), finish(second, tmp_path / "b.log")
+        (code_a, out_a), (code_b, out_b) = (
+            finish(first, tmp_path / "a.log"),
+            finish(second, tmp_path / "b.log"),
+        )
         assert code_a == code_b == 0, out_a + out_b
         on_a, on_b = trial_lines(out_a), trial_lines(out_b)
         assert on_a and on_b and not set(on_a) & set(on_b), out_a + out_b
-        study = optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg2://", 1))
-        finished = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+        study = optuna.load_study(
+            study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        )
+        finished = [
+            t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE
+        ]
         assert len(finished) in (3, 4) and sorted(on_a + on_b) == finished
         for machine, numbers in zip(machines, (on_a, on_b)):
             trained = sorted(p.name for p in (machine / "runs" / name).glob("trial-*"))
-            assert trained == [f"trial-{n:04d}" for n in sorted(numbers)], "each machine trains in its own folder"
+            assert trained == [f"trial-{n:04d}" for n in sorted(numbers)], (
+                "each machine trains in its own folder"
+            )
         report = run_sweep(["--report", "--storage", url, "--study", name], tmp_path, timeout=120)
         assert report.returncode == 0, report.describe()
         assert len([line for line in report.lines if " complete " in line]) == len(finished)
     finally:
         try:
-            optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg2://", 1))
+            optuna.delete_study(
+                study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            )
         except KeyError:
             pass

@@ -1,4 +1,5 @@
 """Unit tests of the script's functions, against hand-computed values."""
+
 import math
 import os
 import pathlib
@@ -10,8 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorlayer as tl
-
-from helpers import PROGRESS_FIELDS, REPO, load_checkpoint, new_policy, rewards_episode, standardised
+from helpers import (
+    PROGRESS_FIELDS,
+    REPO,
+    load_checkpoint,
+    new_policy,
+    rewards_episode,
+    standardised,
+)
 
 SCREEN_SHAPE = (210, 160)  # the emulator's screen, one palette index per pixel
 BACKGROUND = 34  # the playing field's colour (red 144 in RGB)
@@ -24,6 +31,7 @@ def blank_screen(value=BACKGROUND):
 
 
 # --- prepro ------------------------------------------------------------------
+
 
 def test_prepro_returns_6400_booleans(pong):
     out = pong.prepro(blank_screen())
@@ -71,6 +79,7 @@ def test_prepro_last_kept_row_is_193(pong):
 
 # --- difference frames ---------------------------------------------------------
 
+
 def test_diff_frame_is_current_minus_previous_at_the_changed_pixels(pong):
     previous = np.zeros(6400, bool)
     current = np.zeros(6400, bool)
@@ -88,12 +97,15 @@ def test_diff_frame_is_current_minus_previous_at_the_changed_pixels(pong):
 def test_diff_frame_of_two_equal_frames_is_empty(pong):
     frame = np.zeros(6400, bool)
     frame[::7] = True
-    indices, signs = pong.diff_frame(frame, frame.copy())  # as on an episode's first step: no motion yet
+    indices, signs = pong.diff_frame(
+        frame, frame.copy()
+    )  # as on an episode's first step: no motion yet
     assert indices.dtype == np.int16 and signs.dtype == np.int8
     assert len(indices) == 0 and len(signs) == 0
 
 
 # --- the policy -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def policy(pong):
@@ -103,8 +115,17 @@ def policy(pong):
 def test_policy_layers_and_parameter_shapes(policy):
     assert [layer.name for layer in policy.all_layers] == ["input", "hidden", "output"]
     assert [w.name for w in policy.trainable_weights] == [
-        "hidden/weights:0", "hidden/biases:0", "output/weights:0", "output/biases:0"]
-    assert [tuple(w.shape) for w in policy.trainable_weights] == [(6400, 200), (200,), (200, 3), (3,)]
+        "hidden/weights:0",
+        "hidden/biases:0",
+        "output/weights:0",
+        "output/biases:0",
+    ]
+    assert [tuple(w.shape) for w in policy.trainable_weights] == [
+        (6400, 200),
+        (200,),
+        (200, 3),
+        (3,),
+    ]
     assert sum(int(np.prod(w.shape)) for w in policy.trainable_weights) == 1280803
 
 
@@ -118,15 +139,21 @@ def test_policy_weights_are_glorot_uniform(policy, layer, fan_in, fan_out):
     weights = policy.get_layer(layer).W.numpy()
     limit = math.sqrt(6 / (fan_in + fan_out))
     assert np.abs(weights).max() <= limit
-    assert weights.std() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.05)  # 0.0174, 0.0993
+    assert weights.std() == pytest.approx(
+        math.sqrt(2 / (fan_in + fan_out)), rel=0.05
+    )  # 0.0174, 0.0993
     assert abs(weights.mean()) < 0.1 * weights.std()
 
 
 def test_policy_weights_depend_on_the_seed(pong, policy):
     again = new_policy(pong, 200, 1)
     other = new_policy(pong, 200, 2)
-    np.testing.assert_array_equal(again.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy())
-    assert not np.array_equal(other.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy())
+    np.testing.assert_array_equal(
+        again.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy()
+    )
+    assert not np.array_equal(
+        other.get_layer("hidden").W.numpy(), policy.get_layer("hidden").W.numpy()
+    )
 
 
 def random_sparse_frame(rng, count=20, size=6400):
@@ -166,6 +193,7 @@ def test_action_probabilities_of_an_empty_frame_with_zero_biases_are_uniform(pon
 
 # --- sampling -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("probs, action", [((1, 0, 0), 1), ((0, 1, 0), 2), ((0, 0, 1), 3)])
 def test_sample_action_with_a_certain_policy_always_draws_that_action(pong, probs, action):
     rng = np.random.default_rng(0)
@@ -183,9 +211,11 @@ def test_sample_action_frequencies_follow_the_probabilities(pong):
 
 def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
     probs = np.array([0.3, 0.3, 0.4])
+
     def draws():
         rng = np.random.default_rng(7)
         return [pong.sample_action(probs, rng) for _ in range(50)]
+
     first = draws()
     assert first == draws()
     assert len(set(first)) == 3
@@ -193,16 +223,23 @@ def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
 
 # --- returns -----------------------------------------------------------------------
 
+
 def one_episode_returns(pong, rewards, gamma):
     """batch_returns of a batch of one episode with these rewards."""
     return pong.batch_returns([rewards_episode(pong, rewards)], gamma)
 
 
 def test_returns_are_discounted_back_from_each_point_resetting_at_every_point(pong):
-    np.testing.assert_allclose(one_episode_returns(pong, [0, 0, 1, 0, -1], 0.99),
-                               standardised([0.9801, 0.99, 1, -0.99, -1]), rtol=1e-5)
-    np.testing.assert_allclose(one_episode_returns(pong, [0, 0, -1, 0, 1], 0.5),
-                               standardised([-0.25, -0.5, -1, 0.5, 1]), rtol=1e-5)
+    np.testing.assert_allclose(
+        one_episode_returns(pong, [0, 0, 1, 0, -1], 0.99),
+        standardised([0.9801, 0.99, 1, -0.99, -1]),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        one_episode_returns(pong, [0, 0, -1, 0, 1], 0.5),
+        standardised([-0.25, -0.5, -1, 0.5, 1]),
+        rtol=1e-5,
+    )
 
 
 def test_returns_of_the_int8_rewards_of_an_episode_are_float32(pong):
@@ -227,25 +264,39 @@ def test_all_equal_returns_become_zeros_not_nan(pong):
 
 # --- the update ---------------------------------------------------------------------
 
+
 def make_episode(pong, number, rng, steps, point_every=6, size=6400):
     """An Episode of random sparse frames, labels and a point every few steps."""
     nnz, indices, signs = [], [], []
     for step in range(steps):
-        count = 0 if step == 0 else int(rng.integers(0, 30))  # the first frame of an episode is empty
+        count = (
+            0 if step == 0 else int(rng.integers(0, 30))
+        )  # the first frame of an episode is empty
         i, s = random_sparse_frame(rng, count, size)
         nnz.append(count)
         indices.append(i)
         signs.append(s)
     rewards = np.zeros(steps, np.int8)
-    rewards[point_every - 1::point_every] = rng.choice(np.array([-1, 1], np.int8), len(rewards[point_every - 1::point_every]))
-    return pong.Episode(number, np.array(nnz, np.int16), np.concatenate(indices), np.concatenate(signs),
-                        rng.integers(0, 3, steps).astype(np.int8), rewards)
+    rewards[point_every - 1 :: point_every] = rng.choice(
+        np.array([-1, 1], np.int8), len(rewards[point_every - 1 :: point_every])
+    )
+    return pong.Episode(
+        number,
+        np.array(nnz, np.int16),
+        np.concatenate(indices),
+        np.concatenate(signs),
+        rng.integers(0, 3, steps).astype(np.int8),
+        rewards,
+    )
 
 
 def make_batch(pong, seed=0):
     rng = np.random.default_rng(seed)
-    return [make_episode(pong, 0, rng, 23), make_episode(pong, 1, rng, 17, point_every=5),
-            make_episode(pong, 2, rng, 9, point_every=9)]
+    return [
+        make_episode(pong, 0, rng, 23),
+        make_episode(pong, 1, rng, 17, point_every=5),
+        make_episode(pong, 2, rng, 9, point_every=9),
+    ]
 
 
 def hand_returns(episodes, gamma):
@@ -272,7 +323,9 @@ def dense_gradients(model, episodes, gamma):
     frames = np.stack([dense(i, s) for e in episodes for i, s in split_frames(e)])
     labels = np.concatenate([e.labels for e in episodes]).astype(np.int32)
     with tf.GradientTape() as tape:
-        loss = tl.rein.cross_entropy_reward_loss(model(frames), labels, hand_returns(episodes, gamma))
+        loss = tl.rein.cross_entropy_reward_loss(
+            model(frames), labels, hand_returns(episodes, gamma)
+        )
     return [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
 
 
@@ -308,7 +361,9 @@ def test_update_policy_applies_the_dense_gradient_whatever_the_chunk_size(pong, 
     episodes = make_batch(pong)
     expected = dense_gradients(model, episodes, 0.99)
     recorder = GradientRecorder()
-    steps = pong.update_policy(model, recorder, pong.make_gradient_fn(model), episodes, 0.99, chunk_steps=chunk_steps)
+    steps = pong.update_policy(
+        model, recorder, pong.make_gradient_fn(model), episodes, 0.99, chunk_steps=chunk_steps
+    )
     assert steps == 23 + 17 + 9
     assert len(recorder.calls) == 1, "one optimizer step per batch"
     applied = recorder.calls[0]
@@ -323,14 +378,27 @@ def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
     8 repeats; the explicit transpose that sparse_product uses sums in one order."""
     rng = np.random.default_rng(3)
     n_steps, changed = 15000, 20
-    pixels = np.unique(np.stack([np.repeat(np.arange(n_steps), changed),
-                                 rng.integers(0, pong.image_size ** 2, n_steps * changed)], axis=1), axis=0)
+    pixels = np.unique(
+        np.stack(
+            [
+                np.repeat(np.arange(n_steps), changed),
+                rng.integers(0, pong.image_size**2, n_steps * changed),
+            ],
+            axis=1,
+        ),
+        axis=0,
+    )
     signs = rng.choice([-1.0, 1.0], len(pixels)).astype(np.float32)
     labels = rng.integers(0, 3, n_steps).astype(np.int32)
     returns = rng.normal(0, 1, n_steps).astype(np.float32)
     gradient_fn = pong.make_gradient_fn(fresh_policy(pong))
+
     def gradients():
-        return [g.numpy() for g in gradient_fn(pixels.astype(np.int64), signs, np.int64(n_steps), labels, returns)]
+        return [
+            g.numpy()
+            for g in gradient_fn(pixels.astype(np.int64), signs, np.int64(n_steps), labels, returns)
+        ]
+
     first = gradients()
     assert np.abs(first[0]).max() > 0
     for _ in range(8):
@@ -340,7 +408,9 @@ def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
 
 def one_weight(values):
     """A stand-in model with one weight, for the optimizer alone."""
-    return types.SimpleNamespace(trainable_weights=[tf.Variable(np.array(values, np.float32), name="w")])
+    return types.SimpleNamespace(
+        trainable_weights=[tf.Variable(np.array(values, np.float32), name="w")]
+    )
 
 
 def test_make_optimizer_starts_tf1_rmsprop_with_mean_square_1_without_moving_a_weight(pong):
@@ -353,25 +423,34 @@ def test_make_optimizer_starts_tf1_rmsprop_with_mean_square_1_without_moving_a_w
         assert np.all(optimizer.get_slot(w, "rms").numpy() == 1)
         assert np.all(optimizer.get_slot(w, "momentum").numpy() == 0)
     assert set(pong.mean_squares(optimizer, model)) == {
-        "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
-        "mean_square/output/biases"}
+        "mean_square/hidden/weights",
+        "mean_square/hidden/biases",
+        "mean_square/output/weights",
+        "mean_square/output/biases",
+    }
 
 
 def test_first_two_rmsprop_steps_by_hand_with_the_default_settings(pong):
     """TF1 RMSProp: ms = decay * ms + (1 - decay) * g^2, w -= lr * g / sqrt(ms + 1e-10), ms starting at 1."""
     args = pong.parse_args([])
-    model = one_weight([0.0, 0.0, 0.0])  # at 0 the weights are the steps, to float32's full precision
+    model = one_weight(
+        [0.0, 0.0, 0.0]
+    )  # at 0 the weights are the steps, to float32's full precision
     optimizer = pong.make_optimizer(model, args.learning_rate, args.decay_rate)
     w = model.trainable_weights[0]
     optimizer.apply_gradients([(tf.constant([0.5, -0.1, 0.0]), w)])
     # ms = 0.99 + 0.01 * [0.25, 0.01, 0] = [0.9925, 0.9901, 0.99]
-    np.testing.assert_allclose(optimizer.get_slot(w, "rms").numpy(), [0.9925, 0.9901, 0.99], rtol=1e-7)
+    np.testing.assert_allclose(
+        optimizer.get_slot(w, "rms").numpy(), [0.9925, 0.9901, 0.99], rtol=1e-7
+    )
     # steps 1e-4 * [0.5, -0.1, 0] / sqrt(ms + 1e-10)
     first = np.array([-5.0188561e-05, 1.0049871e-05, 0.0])
     np.testing.assert_allclose(w.numpy(), first, rtol=1e-6)
     optimizer.apply_gradients([(tf.constant([-2.0, 0.0, 1e-3]), w)])
     # ms = 0.99 * ms + 0.01 * [4, 0, 1e-6] = [1.022575, 0.980199, 0.98010001]
-    np.testing.assert_allclose(optimizer.get_slot(w, "rms").numpy(), [1.022575, 0.980199, 0.98010001], rtol=1e-7)
+    np.testing.assert_allclose(
+        optimizer.get_slot(w, "rms").numpy(), [1.022575, 0.980199, 0.98010001], rtol=1e-7
+    )
     # steps 1e-4 * [-2, 0, 1e-3] / sqrt(ms + 1e-10)
     np.testing.assert_allclose(w.numpy(), first + [1.9778002e-04, 0.0, -1.0101010e-07], rtol=1e-6)
 
@@ -384,12 +463,16 @@ def test_rmsprop_epsilon_is_tf1s_1e_10(pong):
     w = model.trainable_weights[0]
     optimizer.get_slot(w, "rms").assign([0.0])
     optimizer.apply_gradients([(tf.constant([1e-6]), w)])
-    np.testing.assert_allclose(w.numpy(), [-1e-4 * 1e-6 / math.sqrt(0.01 * 1e-12 + 1e-10)], rtol=1e-5)
+    np.testing.assert_allclose(
+        w.numpy(), [-1e-4 * 1e-6 / math.sqrt(0.01 * 1e-12 + 1e-10)], rtol=1e-5
+    )
 
 
 def tf1_rmsprop(weights, mean_squares, gradients, lr=1e-4, decay=0.99):
     """One step of the tutorial's optimizer in float64 numpy."""
-    mean_squares = [decay * m + (1 - decay) * g.astype(np.float64) ** 2 for m, g in zip(mean_squares, gradients)]
+    mean_squares = [
+        decay * m + (1 - decay) * g.astype(np.float64) ** 2 for m, g in zip(mean_squares, gradients)
+    ]
     weights = [w - lr * g / np.sqrt(m + 1e-10) for w, g, m in zip(weights, gradients, mean_squares)]
     return weights, mean_squares
 
@@ -410,27 +493,36 @@ def test_update_policy_takes_two_tf1_rmsprop_steps_on_the_dense_gradients(pong):
         previous = [w.numpy() for w in model.trainable_weights]
         pong.update_policy(model, optimizer, gradient_fn, episodes, 0.99, chunk_steps=7)
         weights, squares = tf1_rmsprop(weights, squares, gradients)
-        for w, p, expected, ms, name in zip(model.trainable_weights, previous, weights, squares,
-                                            pong.mean_squares(optimizer, model)):
+        for w, p, expected, ms, name in zip(
+            model.trainable_weights, previous, weights, squares, pong.mean_squares(optimizer, model)
+        ):
             step, expected_step = w.numpy() - p, expected - p
             assert np.abs(expected_step).max() > 1e-6, name  # the weights really moved
             # to float32 rounding: of the weight (its spacing), and of the gradient, whose sums run in another
             # order sparsely than densely (1e-4 of the step, 1e-5 of the largest step)
             error = np.abs(step - expected_step)
-            bound = 1e-4 * np.abs(expected_step) + 1e-5 * np.abs(expected_step).max() + 2 * np.spacing(np.abs(p))
+            bound = (
+                1e-4 * np.abs(expected_step)
+                + 1e-5 * np.abs(expected_step).max()
+                + 2 * np.spacing(np.abs(p))
+            )
             assert np.all(error <= bound), (name, float((error / bound).max()))
-            np.testing.assert_allclose(pong.mean_squares(optimizer, model)[name].numpy(), ms, rtol=1e-5,
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                pong.mean_squares(optimizer, model)[name].numpy(), ms, rtol=1e-5, err_msg=name
+            )
 
 
 # --- checkpoints -------------------------------------------------------------------
+
 
 @pytest.fixture
 def trained(pong):
     """A model and optimizer after one real update, so every slot is non-zero."""
     model = fresh_policy(pong, seed=11)
     optimizer = pong.make_optimizer(model, 1e-4, 0.99)
-    pong.update_policy(model, optimizer, pong.make_gradient_fn(model), make_batch(pong, seed=2), 0.99)
+    pong.update_policy(
+        model, optimizer, pong.make_gradient_fn(model), make_batch(pong, seed=2), 0.99
+    )
     return model, optimizer
 
 
@@ -452,16 +544,25 @@ def test_checkpoint_round_trip_restores_everything(pong, trained, tmp_path):
 
     other = fresh_policy(pong, seed=12)
     other_optimizer = pong.make_optimizer(other, 1e-4, 0.99)
-    episode, running_mean, restored_pending = pong.restore(pong.read_checkpoint(path, 200), other, other_optimizer)
+    episode, running_mean, restored_pending = pong.restore(
+        pong.read_checkpoint(path, 200), other, other_optimizer
+    )
 
     assert episode == 22
     assert running_mean == -20.25
     for w, o in zip(model.trainable_weights, other.trainable_weights):
         np.testing.assert_array_equal(o.numpy(), w.numpy())
     saved, restored = pong.mean_squares(optimizer, model), pong.mean_squares(other_optimizer, other)
-    assert set(saved) == set(restored) == {
-        "mean_square/hidden/weights", "mean_square/hidden/biases", "mean_square/output/weights",
-        "mean_square/output/biases"}
+    assert (
+        set(saved)
+        == set(restored)
+        == {
+            "mean_square/hidden/weights",
+            "mean_square/hidden/biases",
+            "mean_square/output/weights",
+            "mean_square/output/biases",
+        }
+    )
     for name in saved:
         assert np.any(saved[name].numpy() != 1), name  # moved away from the start by the update
         np.testing.assert_array_equal(restored[name].numpy(), saved[name].numpy(), err_msg=name)
@@ -474,7 +575,9 @@ def test_checkpoint_round_trip_without_running_mean_or_pending(pong, trained, tm
     pong.save_checkpoint(path, model, optimizer, 0, None, [])
     other = fresh_policy(pong)
     other_optimizer = pong.make_optimizer(other, 1e-4, 0.99)
-    episode, running_mean, pending = pong.restore(pong.read_checkpoint(path, 200), other, other_optimizer)
+    episode, running_mean, pending = pong.restore(
+        pong.read_checkpoint(path, 200), other, other_optimizer
+    )
     assert (episode, running_mean, pending) == (0, None, [])
 
 
@@ -495,16 +598,24 @@ def test_a_resumed_run_applies_the_same_next_update_as_one_that_never_stopped(po
     for s, r in zip(steady.trainable_weights, resumed.trainable_weights):
         np.testing.assert_array_equal(r.numpy(), s.numpy(), err_msg=s.name)
     for name, square in pong.mean_squares(steady_optimizer, steady).items():
-        np.testing.assert_array_equal(pong.mean_squares(resumed_optimizer, resumed)[name].numpy(), square.numpy(),
-                                      err_msg=name)
+        np.testing.assert_array_equal(
+            pong.mean_squares(resumed_optimizer, resumed)[name].numpy(),
+            square.numpy(),
+            err_msg=name,
+        )
 
 
 def as_format_1(arrays):
     """A checkpoint as the Keras-RMSprop script wrote it: format 1, its mean
     squares under rmsprop/..., and Keras' step count."""
     old = {name: value for name, value in arrays.items() if not name.startswith("mean_square/")}
-    old.update({"rmsprop/" + name[len("mean_square/"):]: value for name, value in arrays.items()
-                if name.startswith("mean_square/")})
+    old.update(
+        {
+            "rmsprop/" + name[len("mean_square/") :]: value
+            for name, value in arrays.items()
+            if name.startswith("mean_square/")
+        }
+    )
     old.update({"state/format": np.int64(1), "rmsprop/iterations": np.int64(3)})
     return old
 
@@ -515,8 +626,13 @@ def test_read_checkpoint_refuses_an_unknown_format(pong, trained, tmp_path, foun
     path = tmp_path / "ck.npz"
     pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
     arrays = load_checkpoint(path)
-    np.savez(path, **(as_format_1(arrays) if found == 1 else {**arrays, "state/format": np.int64(found)}))
-    assert expect_checkpoint_error(pong, path) == f"{path} has checkpoint format {found}; this script reads format 2 only"
+    np.savez(
+        path, **(as_format_1(arrays) if found == 1 else {**arrays, "state/format": np.int64(found)})
+    )
+    assert (
+        expect_checkpoint_error(pong, path)
+        == f"{path} has checkpoint format {found}; this script reads format 2 only"
+    )
 
 
 def test_checkpoint_is_plain_numpy_without_pickle(pong, trained, tmp_path):
@@ -547,8 +663,12 @@ def crash_on_replace(*args, **kwargs):
     raise OSError("power cut")
 
 
-@pytest.mark.parametrize("target, crash", [("np.savez", crash_during_savez), ("os.replace", crash_on_replace)])
-def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_path, monkeypatch, target, crash):
+@pytest.mark.parametrize(
+    "target, crash", [("np.savez", crash_during_savez), ("os.replace", crash_on_replace)]
+)
+def test_failed_save_leaves_the_previous_checkpoint_intact(
+    pong, trained, tmp_path, monkeypatch, target, crash
+):
     model, optimizer = trained
     path = tmp_path / "ck.npz"
     pong.save_checkpoint(str(path), model, optimizer, 1, -21.0, [])
@@ -567,21 +687,28 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(pong, trained, tmp_pa
     arrays = pong.read_checkpoint(str(path), 200)
     assert int(arrays["state/episode"]) == 1
     np.testing.assert_array_equal(arrays["output/biases"], saved_biases)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"], "the half-written file is removed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"], (
+        "the half-written file is removed"
+    )
 
 
 def test_temporary_files_are_named_per_process(pong, trained, tmp_path, monkeypatch):
     """The checkpoint's and progress.csv's temporary files: two processes
     writing in one folder can never collide."""
     replaced, replace = [], os.replace
-    monkeypatch.setattr(os, "replace", lambda source, target: (replaced.append((source, target)),
-                                                               replace(source, target)))
+    monkeypatch.setattr(
+        os,
+        "replace",
+        lambda source, target: (replaced.append((source, target)), replace(source, target)),
+    )
     model, optimizer = trained
     pong.save_checkpoint(str(tmp_path / "ck.npz"), model, optimizer, 1, -21.0, [])
     pong.ProgressLog(str(tmp_path), 0).close()
     monkeypatch.undo()
-    assert replaced == [(str(tmp_path / f"ck.npz.{os.getpid()}.tmp"), str(tmp_path / "ck.npz")),
-                        (str(tmp_path / f"progress.csv.{os.getpid()}.tmp"), str(tmp_path / "progress.csv"))]
+    assert replaced == [
+        (str(tmp_path / f"ck.npz.{os.getpid()}.tmp"), str(tmp_path / "ck.npz")),
+        (str(tmp_path / f"progress.csv.{os.getpid()}.tmp"), str(tmp_path / "progress.csv")),
+    ]
 
 
 def expect_checkpoint_error(pong, path, hidden=200):
@@ -632,9 +759,15 @@ def test_read_checkpoint_with_other_hidden_size(pong, trained, tmp_path):
 
 # --- the command line ------------------------------------------------------------
 
+
 def test_parse_args_defaults_come_from_the_top_of_the_script(pong):
     args = pong.parse_args([])
-    assert (pong.render, pong.resume, pong.batch_size, pong.learning_rate) == (False, False, 10, 1e-4)
+    assert (pong.render, pong.resume, pong.batch_size, pong.learning_rate) == (
+        False,
+        False,
+        10,
+        1e-4,
+    )
     assert (pong.gamma, pong.decay_rate, pong.hidden, pong.model_dir) == (0.99, 0.99, 200, "models")
     assert args.render is False and args.resume is False
     assert args.batch_size == 10
@@ -646,7 +779,9 @@ def test_parse_args_defaults_come_from_the_top_of_the_script(pong):
     assert args.seed == 1
     assert args.save_every == 100
     assert args.record_every == 100 and args.record_scale == 3 and args.record_gif is None
-    assert args.episodes is None and args.play is None and args.record is None and args.model is None
+    assert (
+        args.episodes is None and args.play is None and args.record is None and args.model is None
+    )
     assert args.plot is None
     assert 1 <= args.envs <= 10
 
@@ -660,21 +795,69 @@ def test_parse_args_follows_edits_of_the_defaults_block(pong, monkeypatch):
 
 
 def test_parse_args_flags(pong):
-    args = pong.parse_args(["--resume", "--episodes", "3", "--batch-size", "4", "--learning-rate", "0.001",
-                            "--gamma", "0.9", "--decay-rate", "0.5", "--hidden", "50", "--seed", "7",
-                            "--model-dir", "x", "--save-every", "2", "--envs", "3"])
-    assert (args.resume, args.episodes, args.batch_size, args.learning_rate, args.gamma, args.decay_rate,
-            args.hidden, args.seed, args.model_dir, args.save_every, args.envs) == (
-        True, 3, 4, 0.001, 0.9, 0.5, 50, 7, "x", 2, 3)
+    args = pong.parse_args(
+        [
+            "--resume",
+            "--episodes",
+            "3",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "0.001",
+            "--gamma",
+            "0.9",
+            "--decay-rate",
+            "0.5",
+            "--hidden",
+            "50",
+            "--seed",
+            "7",
+            "--model-dir",
+            "x",
+            "--save-every",
+            "2",
+            "--envs",
+            "3",
+        ]
+    )
+    assert (
+        args.resume,
+        args.episodes,
+        args.batch_size,
+        args.learning_rate,
+        args.gamma,
+        args.decay_rate,
+        args.hidden,
+        args.seed,
+        args.model_dir,
+        args.save_every,
+        args.envs,
+    ) == (True, 3, 4, 0.001, 0.9, 0.5, 50, 7, "x", 2, 3)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--batch-size", "-1"], ["--batch-size", "0"], ["--batch-size", "abc"], ["--learning-rate", "0"],
-    ["--learning-rate", "-0.1"], ["--gamma", "1.5"], ["--gamma", "0"], ["--decay-rate", "1"],
-    ["--hidden", "0"], ["--episodes", "0"], ["--envs", "0"], ["--save-every", "0"], ["--record-every", "0"],
-    ["--play", "0"], ["--play", "1", "--plot"], ["--unknown-flag"], ["--record-scale", "0"],
-    ["--record-gif", "0", "--record", "v"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-size", "-1"],
+        ["--batch-size", "0"],
+        ["--batch-size", "abc"],
+        ["--learning-rate", "0"],
+        ["--learning-rate", "-0.1"],
+        ["--gamma", "1.5"],
+        ["--gamma", "0"],
+        ["--decay-rate", "1"],
+        ["--hidden", "0"],
+        ["--episodes", "0"],
+        ["--envs", "0"],
+        ["--save-every", "0"],
+        ["--record-every", "0"],
+        ["--play", "0"],
+        ["--play", "1", "--plot"],
+        ["--unknown-flag"],
+        ["--record-scale", "0"],
+        ["--record-gif", "0", "--record", "v"],
+    ],
+)
 def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         pong.parse_args(argv)
@@ -684,7 +867,10 @@ def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
 
 def test_parse_args_plot_takes_any_number_of_folders(pong):
     assert pong.parse_args(["--plot"]).plot == []
-    assert pong.parse_args(["--plot", "runs/a", "runs/b", "--envs", "1"]).plot == ["runs/a", "runs/b"]
+    assert pong.parse_args(["--plot", "runs/a", "runs/b", "--envs", "1"]).plot == [
+        "runs/a",
+        "runs/b",
+    ]
 
 
 def test_help_shows_only_real_defaults_and_ends_with_the_examples(pong, capsys):
@@ -694,23 +880,40 @@ def test_help_shows_only_real_defaults_and_ends_with_the_examples(pong, capsys):
     text = capsys.readouterr().out
     words = " ".join(text.split())
     assert "(default: None)" not in words and "(default: False)" not in words
-    assert "(default: until Ctrl-C)" in words and "(default: 10)" in words and "(default: models)" in words
+    assert (
+        "(default: until Ctrl-C)" in words
+        and "(default: 10)" in words
+        and "(default: models)" in words
+    )
     examples = [line.strip() for line in pong.__doc__.split("\n\n")[-1].strip().splitlines()]
     for command in ("tutorial_atari_pong.py  ", "--resume", "--play", "--record", "--plot"):
         assert any(command in line for line in examples), command
-    assert [line.strip() for line in text.rstrip().splitlines()[-len(examples) - 1:]] == ["examples:", *examples]
+    assert [line.strip() for line in text.rstrip().splitlines()[-len(examples) - 1 :]] == [
+        "examples:",
+        *examples,
+    ]
 
 
-@pytest.mark.parametrize("successes, trials, low, high", [
-    (14, 20, 0.4810, 0.8545), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (1, 2, 0.0945, 0.9055), (0, 0, 0.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "successes, trials, low, high",
+    [
+        (14, 20, 0.4810, 0.8545),
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (1, 2, 0.0945, 0.9055),
+        (0, 0, 0.0, 1.0),
+    ],
+)
 def test_wilson_interval_on_known_counts(pong, successes, trials, low, high):
     assert pong.wilson_interval(successes, trials) == pytest.approx((low, high), abs=5e-5)
 
 
 def test_video_draws_each_pixel_as_a_block_and_a_gif_keeps_the_first_frames(pong, tmp_path):
     import imageio.v3 as imageio
-    frames = np.random.default_rng(0).integers(0, 4, (5, 7, 6, 3), dtype=np.uint8) * 60  # few colours, as in Pong
+
+    frames = (
+        np.random.default_rng(0).integers(0, 4, (5, 7, 6, 3), dtype=np.uint8) * 60
+    )  # few colours, as in Pong
     video = pong.Video(str(tmp_path / "clip.gif"), 2, limit=3)
     for frame in frames:
         video.add(frame)
@@ -725,11 +928,21 @@ def test_an_episode_stopped_part_way_leaves_no_video(pong, tmp_path, checks_befo
     ffmpeg has written anything yet or not."""
     checks = []
     player = pong.LocalPlayer((1, 0), recording=pong.Recording(str(tmp_path), 1, 3, None))
-    weights = [np.zeros((6400, 200), np.float32), np.zeros(200, np.float32), np.zeros((200, 3), np.float32),
-               np.zeros(3, np.float32)]
+    weights = [
+        np.zeros((6400, 200), np.float32),
+        np.zeros(200, np.float32),
+        np.zeros((200, 3), np.float32),
+        np.zeros(3, np.float32),
+    ]
     try:
-        played = list(player.play(weights, [0], lambda line: None,
-                                  lambda: checks.append(1) or len(checks) > checks_before_stop))
+        played = list(
+            player.play(
+                weights,
+                [0],
+                lambda line: None,
+                lambda: checks.append(1) or len(checks) > checks_before_stop,
+            )
+        )
     finally:
         player.close()
     assert played == [] and len(checks) == checks_before_stop + 1
@@ -737,29 +950,39 @@ def test_an_episode_stopped_part_way_leaves_no_video(pong, tmp_path, checks_befo
 
 
 def test_checkpoint_path_is_model_dir_model_pong_npz_unless_model_is_given(pong):
-    assert pong.checkpoint_path(pong.parse_args(["--model-dir", "d"])) == os.path.join("d", "model_pong.npz")
+    assert pong.checkpoint_path(pong.parse_args(["--model-dir", "d"])) == os.path.join(
+        "d", "model_pong.npz"
+    )
     assert pong.checkpoint_path(pong.parse_args(["--model", "x/y.npz"])) == "x/y.npz"
 
 
 @pytest.mark.parametrize("saved_episode", [40, None])
 def test_an_io_error_while_training_is_one_line_naming_the_file_and_the_intact_checkpoint(
-        pong, trained, tmp_path, monkeypatch, capsys, saved_episode):
+    pong, trained, tmp_path, monkeypatch, capsys, saved_episode
+):
     checkpoint = tmp_path / "model_pong.npz"
     if saved_episode is not None:
         pong.save_checkpoint(str(checkpoint), *trained, saved_episode, -20.0, [])
 
     def disk_full(args):
         raise OSError(28, "No space left on device", str(checkpoint))
+
     monkeypatch.setattr(pong, "train", disk_full)
     with pytest.raises(SystemExit) as exit_info:
         pong.main(["--episodes", "1", "--model-dir", str(tmp_path)])
     assert exit_info.value.code == 1
-    intact = f"the checkpoint of episode {saved_episode} is intact" if saved_episode else f"no checkpoint at {checkpoint}"
+    intact = (
+        f"the checkpoint of episode {saved_episode} is intact"
+        if saved_episode
+        else f"no checkpoint at {checkpoint}"
+    )
     assert capsys.readouterr().err.splitlines() == [
-        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: {checkpoint} ({intact})"]
+        f"{pathlib.Path(sys.argv[0]).name}: error: No space left on device: {checkpoint} ({intact})"
+    ]
 
 
 # --- progress.csv ------------------------------------------------------------
+
 
 def progress_row(number, wall_time="2026-01-01T00:00:00"):
     return f"{number},-21.0,-21.000000,0,21,1000,1.000,{wall_time}\r\n"
@@ -769,20 +992,39 @@ def write_progress(path, *rows):
     path.write_text(",".join(PROGRESS_FIELDS) + "\r\n" + "".join(rows), newline="")
 
 
-def test_read_progress_keeps_whole_well_formed_rows_and_says_how_many_it_skipped(pong, tmp_path, capsys):
+def test_read_progress_keeps_whole_well_formed_rows_and_says_how_many_it_skipped(
+    pong, tmp_path, capsys
+):
     path = tmp_path / "progress.csv"
-    write_progress(path, progress_row(0), "1,-21.0\r\n", progress_row(2).replace("-21.0", "x", 1), progress_row(3),
-                   progress_row(4).replace("\r\n", ",extra\r\n"), progress_row(5, wall_time="2026-01-01T0")[:-2])
+    write_progress(
+        path,
+        progress_row(0),
+        "1,-21.0\r\n",
+        progress_row(2).replace("-21.0", "x", 1),
+        progress_row(3),
+        progress_row(4).replace("\r\n", ",extra\r\n"),
+        progress_row(5, wall_time="2026-01-01T0")[:-2],
+    )
     assert [row["episode"] for row in pong.read_progress(str(path))] == ["0", "3"]
     assert capsys.readouterr().out == f"{path}: skipped 4 torn or malformed rows\n"
 
 
 def test_resumed_progress_log_keeps_each_episode_below_the_checkpoint_once_in_order(pong, tmp_path):
     path = tmp_path / "progress.csv"
-    write_progress(path, progress_row(0), progress_row(2), progress_row(1), progress_row(1), progress_row(3), "2")
+    write_progress(
+        path,
+        progress_row(0),
+        progress_row(2),
+        progress_row(1),
+        progress_row(1),
+        progress_row(3),
+        "2",
+    )
     pong.ProgressLog(str(tmp_path), 3).close()
     with open(path, newline="") as f:
-        assert f.read() == ",".join(PROGRESS_FIELDS) + "\r\n" + progress_row(0) + progress_row(1) + progress_row(2)
+        assert f.read() == ",".join(PROGRESS_FIELDS) + "\r\n" + progress_row(0) + progress_row(
+            1
+        ) + progress_row(2)
 
 
 def test_progress_log_writes_each_row_whole_at_once(pong, tmp_path):
@@ -799,9 +1041,15 @@ def test_progress_log_writes_each_row_whole_at_once(pong, tmp_path):
 
 
 def test_git_ignores_what_runs_leave_in_the_shipped_model_folder():
-    names = ["models/pretrained/.lock", "models/pretrained/model_pong.npz.12345.tmp",
-             "models/pretrained/progress.csv.12345.tmp", "models/pretrained/tensorboard/events.out.tfevents.1"]
-    result = subprocess.run(["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True)
+    names = [
+        "models/pretrained/.lock",
+        "models/pretrained/model_pong.npz.12345.tmp",
+        "models/pretrained/progress.csv.12345.tmp",
+        "models/pretrained/tensorboard/events.out.tfevents.1",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True
+    )
     if result.returncode == 128:
         pytest.skip(f"not a git checkout ({result.stderr.strip()})")
     assert result.stdout.splitlines() == names

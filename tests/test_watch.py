@@ -1,4 +1,5 @@
 """Watching a policy: --play, videos, TensorBoard scalars and --plot."""
+
 import glob
 import os
 import shutil
@@ -7,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import PLAY_RE, PLAY_SUMMARY_RE, REPO, count_video_frames, read_progress, run_script
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,9 @@ def test_play_prints_one_score_line_per_episode_and_a_summary_that_adds_up(play_
     games_won = sum(w > l for w, l in zip(won, lost))
     assert int(summary[3]) == games_won and int(summary[4]) == 2
     assert int(summary[5]) == round(100 * games_won / 2)
-    interval = {0: (0, 66), 1: (9, 91), 2: (34, 100)}[games_won]  # Wilson, 95%, of n = 2 (hand-computed)
+    interval = {0: (0, 66), 1: (9, 91), 2: (34, 100)}[
+        games_won
+    ]  # Wilson, 95%, of n = 2 (hand-computed)
     assert (int(summary[6]), int(summary[7])) == interval
     assert int(summary[8]) == sum(won)
     assert int(summary[9]) == sum(won) + sum(lost)
@@ -65,14 +67,19 @@ def test_play_learns_nothing(play_run, trained):
 
 def test_play_records_every_episode_as_an_mp4(play_run):
     cwd, _, _ = play_run
-    assert sorted(p.name for p in (cwd / "videos").iterdir()) == ["episode-000000.mp4", "episode-000001.mp4"]
+    assert sorted(p.name for p in (cwd / "videos").iterdir()) == [
+        "episode-000000.mp4",
+        "episode-000001.mp4",
+    ]
     frames, shapes = count_video_frames(cwd / "videos" / "episode-000000.mp4")
     assert frames > 100
     assert shapes == {(630, 480, 3)}  # 210x160 frames, each pixel a 3x3 block
 
 
 def test_record_creates_a_missing_directory(trained, tmp_path):
-    result = run_script(["--play", 1, "--record", "videos/new", "--model-dir", trained.model_dir], tmp_path)
+    result = run_script(
+        ["--play", 1, "--record", "videos/new", "--model-dir", trained.model_dir], tmp_path
+    )
     assert result.returncode == 0, result.describe()
     assert "Traceback" not in result.stderr
     assert (tmp_path / "videos" / "new" / "episode-000000.mp4").is_file()
@@ -92,6 +99,7 @@ def test_training_video_has_one_frame_per_observation(pool_run):
 
 def read_scalars(directory):
     import tensorflow as tf
+
     scalars = {}
     for path in sorted(glob.glob(str(directory / "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -103,15 +111,26 @@ def read_scalars(directory):
 def test_tensorboard_scalars_match_progress_csv(trained):
     rows = read_progress(trained.model_dir)
     scalars = read_scalars(trained.model_dir / "tensorboard")
-    assert set(scalars) == {"episode/reward", "episode/points_won", "episode/points_lost", "episode/steps",
-                            "episode/seconds", "episode/running_mean"}
+    assert set(scalars) == {
+        "episode/reward",
+        "episode/points_won",
+        "episode/points_lost",
+        "episode/steps",
+        "episode/seconds",
+        "episode/running_mean",
+    }
     assert scalars["episode/reward"] == {int(r["episode"]): float(r["reward"]) for r in rows}
     assert scalars["episode/steps"] == {int(r["episode"]): float(r["steps"]) for r in rows}
-    assert scalars["episode/points_won"] == {int(r["episode"]): float(r["points_won"]) for r in rows}
+    assert scalars["episode/points_won"] == {
+        int(r["episode"]): float(r["points_won"]) for r in rows
+    }
     for row in rows:
-        assert scalars["episode/seconds"][int(row["episode"])] == pytest.approx(float(row["seconds"]), abs=1e-5)
-        assert scalars["episode/running_mean"][int(row["episode"])] == pytest.approx(float(row["running_mean"]),
-                                                                                   abs=1e-5)
+        assert scalars["episode/seconds"][int(row["episode"])] == pytest.approx(
+            float(row["seconds"]), abs=1e-5
+        )
+        assert scalars["episode/running_mean"][int(row["episode"])] == pytest.approx(
+            float(row["running_mean"]), abs=1e-5
+        )
 
 
 def test_plot_draws_the_learning_curve_png(trained, tmp_path):
@@ -120,14 +139,20 @@ def test_plot_draws_the_learning_curve_png(trained, tmp_path):
     result = run_script(["--plot", "--model-dir", model_dir], tmp_path)
     assert result.returncode == 0, result.describe()
     output = model_dir / "learning_curve.png"
-    assert result.lines[0].startswith(f"{model_dir}: 2 episodes in ") and result.lines[-1] == f"wrote {output}"
+    assert (
+        result.lines[0].startswith(f"{model_dir}: 2 episodes in ")
+        and result.lines[-1] == f"wrote {output}"
+    )
     data = output.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
     import matplotlib.image
+
     image = matplotlib.image.imread(output)
     assert image.shape[:2] == (700, 1000)  # figsize (10, 7) at 100 dpi
-    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10, "the picture is a single colour"
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10, (
+        "the picture is a single colour"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -150,13 +175,30 @@ def test_record_gif_keeps_the_first_steps_with_exact_colours_at_3x(pong, trained
     a second (GIF's 3/100 s), each pixel an exact 3x3 block of the game's own
     colour; Pillow merges repeated frames into longer ones."""
     from PIL import Image, ImageSequence
-    result = run_script(["--play", 1, "--envs", 1, "--record", "gifs", "--record-gif", 60,
-                         "--model-dir", trained.model_dir], tmp_path)
+
+    result = run_script(
+        [
+            "--play",
+            1,
+            "--envs",
+            1,
+            "--record",
+            "gifs",
+            "--record-gif",
+            60,
+            "--model-dir",
+            trained.model_dir,
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.describe()
     assert sorted(p.name for p in (tmp_path / "gifs").iterdir()) == ["episode-000000.gif"]
     with Image.open(tmp_path / "gifs" / "episode-000000.gif") as gif:
         assert gif.info["loop"] == 0
-        frames = [(np.asarray(frame.convert("RGB")), frame.info["duration"]) for frame in ImageSequence.Iterator(gif)]
+        frames = [
+            (np.asarray(frame.convert("RGB")), frame.info["duration"])
+            for frame in ImageSequence.Iterator(gif)
+        ]
     assert sum(duration for _, duration in frames) == 60 * 30
     assert {frame.shape for frame, _ in frames} == {(630, 480, 3)}
     env_seed, _ = pong.seeds(1, 0)  # --seed 1, episode 0: the emulator --play --envs 1 starts with
@@ -185,15 +227,25 @@ def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {output}"
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     top, bottom = figure.axes
-    means = {line.get_label(): list(line.get_ydata()) for line in top.get_lines()
-             if not line.get_label().startswith("_")}  # the zero line has no label
-    assert means == {f"{slow}: running mean (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
-                     f"{fast}: running mean (3 episodes)": [-20.0, -18.0, -16.0]}
-    won = {line.get_label(): list(line.get_ydata()) for line in bottom.get_lines()
-           if not line.get_label().startswith("_")}
+    means = {
+        line.get_label(): list(line.get_ydata())
+        for line in top.get_lines()
+        if not line.get_label().startswith("_")
+    }  # the zero line has no label
+    assert means == {
+        f"{slow}: running mean (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
+        f"{fast}: running mean (3 episodes)": [-20.0, -18.0, -16.0],
+    }
+    won = {
+        line.get_label(): list(line.get_ydata())
+        for line in bottom.get_lines()
+        if not line.get_label().startswith("_")
+    }
     # window: a tenth of the shortest run, so 1 episode; each lost 21 points
-    assert won == {f"{slow}: points won": pytest.approx([0, 100 / 22, 200 / 23, 300 / 24]),
-                   f"{fast}: points won": pytest.approx([100 / 22, 300 / 24, 500 / 26])}
+    assert won == {
+        f"{slow}: points won": pytest.approx([0, 100 / 22, 200 / 23, 300 / 24]),
+        f"{fast}: points won": pytest.approx([100 / 22, 300 / 24, 500 / 26]),
+    }
 
 
 def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp_path, capsys):
@@ -201,9 +253,13 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     the last episode), and hours of training, where a gap of 2 minutes or
     more between two episodes is a stop."""
     run = tmp_path / "run"
-    times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(5998)] + \
-        ["2026-01-01T05:00:00", "2026-01-01T05:00:01"]  # a stop of over 3 hours before the last two episodes
-    won = [21 if i % 4 == 0 and i >= 2500 else 7 for i in range(6000)]  # from 2500 a quarter won (each lost 21)
+    times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(5998)] + [
+        "2026-01-01T05:00:00",
+        "2026-01-01T05:00:01",
+    ]  # a stop of over 3 hours before the last two episodes
+    won = [
+        21 if i % 4 == 0 and i >= 2500 else 7 for i in range(6000)
+    ]  # from 2500 a quarter won (each lost 21)
     write_progress(run, [0.0] * 6000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
@@ -215,52 +271,75 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
         f"points won  {100 * (625 * 21 + 4375 * 7) / (625 * 42 + 4375 * 28):4.1f}%, games won  12.5%",
         f"    6000 episodes: {quarter},  1.67 hours; episodes 5000-5999: {quarter}",
         "  running mean first above 0: not yet",
-        "  above 0 from then on: not yet"]
+        "  above 0 from then on: not yet",
+    ]
     assert lines[-1] == f"wrote {run / 'learning_curve.png'}"
 
 
-def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stayed(pong, tmp_path, capsys):
+def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stayed(
+    pong, tmp_path, capsys
+):
     """Each row of write_progress plays 1,000 agent steps, one second apart."""
     run = tmp_path / "run"
     times = [f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}" for i in range(3600)]
-    means = [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600  # above 0 at 1000, for good from 2000
+    means = (
+        [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600
+    )  # above 0 at 1000, for good from 2000
     write_progress(run, means, [10] * 3600, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     assert capsys.readouterr().out.splitlines()[-5:-3] == [
         f"  running mean first above 0: episode 1000, after 1.0 million agent steps and {1000 / 3600:.2f} hours "
         "(2600 episodes ago)",
         f"  above 0 from then on: episode 2000, after 2.0 million agent steps and {2000 / 3600:.2f} hours "
-        "(1600 episodes ago)"]
+        "(1600 episodes ago)",
+    ]
 
 
-def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_won(pong, tmp_path, capsys):
+def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_won(
+    pong, tmp_path, capsys
+):
     """Over the window (a tenth of the run here: 100 episodes), the best shares and mean reward in a row, and the
     first stretch with 90% of the games won: the tutorial's "almost never loses"."""
     run = tmp_path / "run"
-    won = [21 if 400 <= i < 490 else 10 for i in range(1000)]  # episodes 400-489 won, all others lost
+    won = [
+        21 if 400 <= i < 490 else 10 for i in range(1000)
+    ]  # episodes 400-489 won, all others lost
     times = [f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}" for i in range(1000)]
     write_progress(run, [1.0] * 1000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
     # a game counts as won when its reward (2 * won - 21) is above 0: 90 of the 100 episodes 390-489 and 400-499
-    assert lines[-3] == ("  best 100 episodes in a row: games won 90.0% (episodes 390-489), points won "
-                         f"{100 * (90 * 21 + 10 * 10) / (90 * 42 + 10 * 31):.1f}% (episodes 390-489), "
-                         f"mean reward {(90 * 21 + 10 * -1) / 100:+.2f} (episodes 390-489)")
-    assert lines[-2] == ("  90% of games won over 100 episodes in a row: first over episodes 390-489, after 0.5 "
-                         f"million agent steps and {489 / 3600:.2f} hours")
+    assert lines[-3] == (
+        "  best 100 episodes in a row: games won 90.0% (episodes 390-489), points won "
+        f"{100 * (90 * 21 + 10 * 10) / (90 * 42 + 10 * 31):.1f}% (episodes 390-489), "
+        f"mean reward {(90 * 21 + 10 * -1) / 100:+.2f} (episodes 390-489)"
+    )
+    assert lines[-2] == (
+        "  90% of games won over 100 episodes in a row: first over episodes 390-489, after 0.5 "
+        f"million agent steps and {489 / 3600:.2f} hours"
+    )
 
 
 def test_plot_says_not_yet_while_no_stretch_won_90_percent_of_games(pong, tmp_path, capsys):
     run = tmp_path / "run"
-    write_progress(run, [1.0] * 100, [0 if i % 5 == 0 else 21 for i in range(100)])  # 8 of any 10 in a row won
+    write_progress(
+        run, [1.0] * 100, [0 if i % 5 == 0 else 21 for i in range(100)]
+    )  # 8 of any 10 in a row won
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3].startswith("  best 10 episodes in a row: games won 80.0% (episodes 0-9), ")
     assert lines[-2] == "  90% of games won over 10 episodes in a row: not yet"
 
 
-@pytest.mark.parametrize("means, expected", [([-1.0, 1.0, -1.0, 1.0, 1.0], (1, 3)), ([1.0, 1.0], (0, 0)),
-                                             ([-1.0, 0.0], (None, None)), ([1.0, -1.0], (0, None))])
+@pytest.mark.parametrize(
+    "means, expected",
+    [
+        ([-1.0, 1.0, -1.0, 1.0, 1.0], (1, 3)),
+        ([1.0, 1.0], (0, 0)),
+        ([-1.0, 0.0], (None, None)),
+        ([1.0, -1.0], (0, None)),
+    ],
+)
 def test_crossings_of_0_by_the_running_mean(sweep, means, expected):
     assert sweep.crossings({"running_mean": np.array(means)}) == expected
 
@@ -273,7 +352,8 @@ def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, 
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         f"{os.path.basename(sys.argv[0])}: error: cannot read {tmp_path / 'b' / 'progress.csv'} "
-        "(No such file or directory)"]
+        "(No such file or directory)"
+    ]
     assert not (tmp_path / "learning_curve.png").exists()
 
 
@@ -283,17 +363,34 @@ def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
         write_progress(tmp_path / "runs" / name, [-20.0, -19.0, -18.0], won)
     folders = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
     by_script = run_script(["--plot", *folders], tmp_path)
-    by_sweep = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--plot", *map(str, folders)], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-    assert by_script.returncode == 0 and by_sweep.returncode == 0, (by_script.describe(), by_sweep.stderr)
+    by_sweep = subprocess.run(
+        [sys.executable, str(REPO / "sweep.py"), "--plot", *map(str, folders)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert by_script.returncode == 0 and by_sweep.returncode == 0, (
+        by_script.describe(),
+        by_sweep.stderr,
+    )
     assert by_sweep.stdout.splitlines() == by_script.lines
-    assert by_script.lines[0] == f"{folders[0]}: 3 episodes in 0.00 hours of training; over the 1 episodes before " \
+    assert (
+        by_script.lines[0]
+        == f"{folders[0]}: 3 episodes in 0.00 hours of training; over the 1 episodes before "
         "each mark, and over all since the mark before:"
+    )
     assert by_script.lines[-1] == f"wrote {tmp_path / 'runs' / 'learning_curve.png'}"
-    missing = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--plot", str(tmp_path / "none")],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "sweep.py"), "--plot", str(tmp_path / "none")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode == 2 and missing.stderr.splitlines() == [
-        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} (No such file or directory)"]
+        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} (No such file or directory)"
+    ]
 
 
 def test_plot_of_the_script_copied_alone_says_in_one_line_that_it_needs_sweep_py(tmp_path):
@@ -304,14 +401,15 @@ def test_plot_of_the_script_copied_alone_says_in_one_line_that_it_needs_sweep_py
     result = run_script(["--plot", tmp_path / "run"], tmp_path, script=alone)
     assert result.returncode == 2 and result.stdout == "", result.describe()
     assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(
-        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: it draws the curves ("), \
-        result.stderr
+        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: it draws the curves ("
+    ), result.stderr
     assert not (tmp_path / "run" / "learning_curve.png").exists()
 
 
 def test_tensorboard_shows_each_model_folder_as_its_own_run(trained, tmp_path):
     """`tensorboard --logdir runs` names a run by its folder under runs/."""
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
     for name in ("a", "b"):
         shutil.copytree(trained.model_dir, tmp_path / "runs" / name)
     runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Reload().Runs()
