@@ -253,7 +253,7 @@ def variant_own(args):
     else:  # the hooks did not fire (renamed functions?): fall back to the whole call
         seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
     episode_seconds, episode_cpu, episode_preemptions = (
-        (sum(column) for column in zip(*marks["episodes"]))
+        (sum(column) for column in zip(*marks["episodes"], strict=True))
         if marks["episodes"]
         else (sum(float(row["seconds"]) for row in rows), float("nan"), float("nan"))
     )
@@ -411,7 +411,7 @@ def spawn_ceiling(processes, steps, seed, timeout):
             stderr=stderr,
             text=True,
         )
-        for i, (share, stderr) in enumerate(zip(shares, stderrs))
+        for i, (share, stderr) in enumerate(zip(shares, stderrs, strict=True))
     ]
     deadline = time.monotonic() + timeout
     try:
@@ -424,7 +424,7 @@ def spawn_ceiling(processes, steps, seed, timeout):
                 child.stdin.write("go\n")
                 child.stdin.flush()
         results = []
-        for child, early, stderr in zip(children, early_lines, stderrs):
+        for child, early, stderr in zip(children, early_lines, stderrs, strict=True):
             stdout, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
             stderr.seek(0)
             results.append(
@@ -434,7 +434,7 @@ def spawn_ceiling(processes, steps, seed, timeout):
     except subprocess.TimeoutExpired:
         raise SystemExit(f"benchmark: variant ceiling ran past --timeout {timeout:g} s") from None
     finally:
-        for child, stderr in zip(children, stderrs):
+        for child, stderr in zip(children, stderrs, strict=True):
             if child.poll() is None:
                 child.kill()
                 child.wait()
@@ -539,7 +539,10 @@ def main(argv=None):
         "--envs",
         type=positive_int,
         default=None,
-        help="worker processes of the own loop, and so processes of the ceiling (default: the project's)",
+        help=(
+            "worker processes of the own loop, and so processes of the ceiling "
+            "(default: the project's)"
+        ),
     )
     parser.add_argument(
         "--update-steps",
@@ -551,7 +554,9 @@ def main(argv=None):
         "--rounds",
         type=positive_int,
         default=5,
-        help="times the own loop and its ceiling are timed back to back (the median round is shown)",
+        help=(
+            "times the own loop and its ceiling are timed back to back (the median round is shown)"
+        ),
     )
     parser.add_argument(
         "--skip-reference", action="store_true", help="do not run the reference loop"
@@ -624,8 +629,8 @@ def main(argv=None):
     rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
     rate["ceiling"] = ceiling["summed_steps_per_s"]
     print(
-        f"Pong-v0 training loop benchmark: {steps} agent steps each (own loop: {own['episodes']} episodes, "
-        f"--envs {own['envs']}, batch size {batch_size})"
+        f"Pong-v0 training loop benchmark: {steps} agent steps each "
+        f"(own loop: {own['episodes']} episodes, --envs {own['envs']}, batch size {batch_size})"
     )
     print()
     print(
@@ -638,7 +643,8 @@ def main(argv=None):
         r = results[name]
         print(
             f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
-            f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}"
+            f"{r['peak_rss_mb']:>13.0f}"
             f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}"
         )
     print(
@@ -647,12 +653,14 @@ def main(argv=None):
     )
     print()
     print(
-        "seconds: emulator = its step loop; reference = its loop with updates; own = train()'s loop with "
-        f"updates (the whole main() call, startup included, took {own['whole_call_seconds']:.2f} s)."
+        "seconds: emulator = its step loop; reference = its loop with updates; "
+        "own = train()'s loop with updates (the whole main() call, startup included, "
+        f"took {own['whole_call_seconds']:.2f} s)."
     )
     print(
-        f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) (the tf.function is "
-        f"traced before the loop); its episodes took {own['episode_seconds']:.2f} s summed over workers, "
+        f"own: {own['update_seconds']:.2f} s of its loop in {own['updates']} update(s) "
+        "(the tf.function is traced before the loop); its episodes took "
+        f"{own['episode_seconds']:.2f} s summed over workers, "
         f"{own['steps'] / own['episode_seconds']:.0f} steps/s per worker while playing."
     )
     brackets = " and ".join(
@@ -660,30 +668,35 @@ def main(argv=None):
         for run in (ceiling["before"], ceiling["after"])
     )
     print(
-        f"ceiling: {ceiling['processes']} emulator processes at once (one per worker of the own loop), run just "
-        f"before and just after the own loop; steps/s is the mean of the two runs' sums of their processes' own "
-        f"rates ({brackets}); the processes started within {ceiling['start_spread_s'] * 1000:.1f} ms of each "
-        f"other and ended up to {ceiling['end_spread_s']:.2f} s apart; from the first start to the last end "
+        f"ceiling: {ceiling['processes']} emulator processes at once "
+        "(one per worker of the own loop), run just before and just after the own loop; "
+        "steps/s is the mean of the two runs' sums of their processes' own "
+        f"rates ({brackets}); the processes started within "
+        f"{ceiling['start_spread_s'] * 1000:.1f} ms of each other and ended up to "
+        f"{ceiling['end_spread_s']:.2f} s apart; from the first start to the last end "
         f"they made {ceiling['wall_steps_per_s']:.0f} steps/s (mean of the two)."
     )
     print(
-        f"peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). own: the trainer "
-        f"process; its {own['envs']} worker processes peaked at {own['peak_rss_children_mb']:.0f} MB each at "
-        "most (forked from the trainer, so largely shared pages: not additive)."
+        "peak RSS: ru_maxrss of the variant's process (ceiling: its largest process). "
+        f"own: the trainer process; its {own['envs']} worker processes peaked at "
+        f"{own['peak_rss_children_mb']:.0f} MB each at most "
+        "(forked from the trainer, so largely shared pages: not additive)."
     )
     print(
-        f"update: update_policy on {update['steps']} synthetic steps in {update['episodes']} episodes "
+        f"update: update_policy on {update['steps']} synthetic steps "
+        f"in {update['episodes']} episodes "
         f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
-        f"{update['rss_before_update_mb']:.0f} MB before, peak {update['peak_rss_mb']:.0f} MB for the whole process."
+        f"{update['rss_before_update_mb']:.0f} MB before, "
+        f"peak {update['peak_rss_mb']:.0f} MB for the whole process."
     )
     print(
-        f"rounds: own / ceiling, each own run between two ceiling runs: {', '.join(format(r, '.2f') for r in ratios)}; "
-        "the table shows the median round."
+        "rounds: own / ceiling, each own run between two ceiling runs: "
+        f"{', '.join(format(r, '.2f') for r in ratios)}; the table shows the median round."
     )
     print(
-        "where each round's ratio went (own | ceiling): workers playing, the rest waiting at batch ends and "
-        "for updates | on a CPU while playing | agent steps per CPU second | preemptions per second | "
-        "machine idle, stolen"
+        "where each round's ratio went (own | ceiling): workers playing, "
+        "the rest waiting at batch ends and for updates | on a CPU while playing | "
+        "agent steps per CPU second | preemptions per second | machine idle, stolen"
     )
     for number, b in enumerate(breakdowns, 1):
         machine = " | ".join(
@@ -698,8 +711,8 @@ def main(argv=None):
             f"trainer {b['own_trainer_cpu_share']:.0%} of a CPU"
         )
     print(
-        f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, {rate['own'] / rate['emulator']:.2f}x "
-        "the bare emulator"
+        f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, "
+        f"{rate['own'] / rate['emulator']:.2f}x the bare emulator"
         + (
             f", {rate['own'] / rate['reference']:.1f}x the reference loop."
             if "reference" in results

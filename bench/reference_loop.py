@@ -29,14 +29,14 @@ H = 200  # hidden units
 ACTIONS = [1, 2, 3]  # STOP, UP, DOWN
 
 
-def prepro(I):
+def prepro(frame):
     """210x160x3 uint8 frame -> 6400 float32 vector, as in the tutorial."""
-    I = I[35:195]
-    I = I[::2, ::2, 0].copy()
-    I[I == 144] = 0
-    I[I == 109] = 0
-    I[I != 0] = 1
-    return I.astype(np.float32).ravel()
+    frame = frame[35:195]
+    frame = frame[::2, ::2, 0].copy()
+    frame[frame == 144] = 0
+    frame[frame == 109] = 0
+    frame[frame != 0] = 1
+    return frame.astype(np.float32).ravel()
 
 
 def get_model(inputs_shape, seed=1):
@@ -75,7 +75,7 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
             _prob = model(epx)
             _loss = tl.rein.cross_entropy_reward_loss(_prob, epy, disR)
         grad = tape.gradient(_loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grad, model.trainable_weights))
+        optimizer.apply_gradients(zip(grad, model.trainable_weights, strict=True))
 
     prev_x = None
     xs, ys, rs = [], [], []

@@ -277,7 +277,8 @@ def assert_one_line_error(result):
     assert result.returncode == 2, result.describe()
     assert "Traceback" not in result.stderr, result.describe()
     assert len(result.stderr_lines) == 1, (
-        f"expected exactly one non-empty stderr line, got {len(result.stderr_lines)}:\n{result.stderr}"
+        "expected exactly one non-empty stderr line, "
+        f"got {len(result.stderr_lines)}:\n{result.stderr}"
     )
 
 

@@ -83,9 +83,9 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     )  # the own loop's update saw every step it played
     assert summary["update"]["steps"] == summary["update_100k_steps"] == 3000
 
-    # the ceiling: one emulator process per worker of the own loop, the own loop's steps split evenly,
-    # a seed each, run just before and just after the own loop; its rate is the mean of the two runs'
-    # sums of their processes' rates, which no wall-clock aggregate can exceed
+    # the ceiling: one emulator process per worker of the own loop, the own loop's steps split
+    # evenly, a seed each, run just before and just after the own loop; its rate is the mean of
+    # the two runs' sums of their processes' rates, which no wall-clock aggregate can exceed
     ceiling = variants["ceiling"]
     before, after = ceiling["before"], ceiling["after"]
     assert summary["ceiling_processes"] == ceiling["processes"] == variants["own"]["envs"] >= 1

@@ -151,7 +151,7 @@ def test_progress_csv_has_one_row_per_episode_matching_the_log(run):
     rows = read_progress(run.model_dir)
     log = parse_train_log(run.result.lines)
     assert [int(r["episode"]) for r in rows] == [0, 1]
-    for row, (total, mean), number in zip(rows, log.episodes, (0, 1)):
+    for row, (total, mean), number in zip(rows, log.episodes, (0, 1), strict=True):
         points = log.points[number]
         assert float(row["reward"]) == total
         assert float(row["reward"]) == int(row["points_won"]) - int(row["points_lost"])
@@ -195,7 +195,8 @@ def test_checkpoint_holds_the_trained_state(pong, run):
     )
     assert arrays["pending/steps"].size == 0 and arrays["pending/labels"].size == 0
     assert arrays["hidden/weights"].shape == (6400, 200)
-    # seed 1's initial weights, moved by RMSProp steps: lr * |g| / sqrt(ms) <= lr * |g| / sqrt(0.01 g^2) = 10 lr
+    # seed 1's initial weights, moved by RMSProp steps:
+    # lr * |g| / sqrt(ms) <= lr * |g| / sqrt(0.01 g^2) = 10 lr
     initial = new_policy(pong, 200, 1)
     moved = np.abs(arrays["output/weights"] - initial.get_layer("output").W.numpy())
     assert 0 < moved.max() <= updates * 1e-3
@@ -375,7 +376,8 @@ def test_one_training_run_per_folder_while_play_and_plot_work_beside_it(tmp_path
 
     assert_one_line_error(second)
     assert second.stderr_lines[0] == (
-        f"{SCRIPT.name}: error: another training run (pid {first.process.pid}) is using {model_dir}: "
+        f"{SCRIPT.name}: error: another training run (pid {first.process.pid}) "
+        f"is using {model_dir}: "
         "one run per folder (--play and --plot work beside it)"
     )
     assert lock_after_second == f"{first.process.pid}\n", "the second run took the lock"
@@ -531,8 +533,8 @@ def test_a_restart_over_an_old_run_says_so_and_restarts_its_logs(train_run, tmp_
 
 
 def test_a_format_1_checkpoint_gets_one_line_and_exit_2_and_stays_as_it_was(train_run, tmp_path):
-    """A checkpoint written with Keras' RMSprop (format 1) is no longer read: --play and --resume each say so in
-    one line, and the file is left untouched."""
+    """A checkpoint written with Keras' RMSprop (format 1) is no longer read: --play and
+    --resume each say so in one line, and the file is left untouched."""
     from test_units import as_format_1
 
     model_dir = tmp_path / "m"
@@ -540,7 +542,10 @@ def test_a_format_1_checkpoint_gets_one_line_and_exit_2_and_stays_as_it_was(trai
     checkpoint = model_dir / "model_pong.npz"
     np.savez(checkpoint, **as_format_1(load_checkpoint(checkpoint)))
     before = checkpoint.read_bytes()
-    expected = f"tutorial_atari_pong.py: error: {checkpoint} has checkpoint format 1; this script reads format 2 only"
+    expected = (
+        f"tutorial_atari_pong.py: error: {checkpoint} has checkpoint format 1; "
+        "this script reads format 2 only"
+    )
     for args in (
         ["--play", 1, "--envs", 1, "--model", checkpoint],
         ["--resume", "--episodes", 1, "--model-dir", model_dir],

@@ -63,7 +63,8 @@ class Trained:
 
 
 def train(tmp_path_factory, name, *flags, copy_from=None):
-    """A run to completion in a new folder; with copy_from, in a copy of that run's model folder."""
+    """A run to completion in a new folder; with copy_from, in a copy of that run's
+    model folder."""
     cwd = tmp_path_factory.mktemp(name)
     model_dir = cwd / "m"
     if copy_from is not None:
@@ -76,7 +77,9 @@ def train(tmp_path_factory, name, *flags, copy_from=None):
 def pending(arrays):
     """The checkpoint's unfinished batch: {episode number: its arrays}."""
     episodes, step, nz = {}, 0, 0
-    for number, steps in zip(arrays["pending/numbers"].tolist(), arrays["pending/steps"].tolist()):
+    for number, steps in zip(
+        arrays["pending/numbers"].tolist(), arrays["pending/steps"].tolist(), strict=True
+    ):
         nnz = arrays["pending/nnz"][step : step + steps].astype(np.int64)
         count = int(nnz.sum())
         episodes[number] = types.SimpleNamespace(
@@ -162,7 +165,8 @@ def two_workers_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_workers_resumed_run(tmp_path_factory, two_workers_run):
-    """two_workers_run resumed for the batch's third episode: the update covers 2 pending + 1 new."""
+    """two_workers_run resumed for the batch's third episode: the update covers
+    2 pending + 1 new."""
     return train(
         tmp_path_factory,
         "two-workers-resumed",
@@ -288,10 +292,12 @@ def policy_gradient(weights, episode, gamma):
 
 
 def tf1_rmsprop_first_step(gradients, lr, decay):
-    """TF1's RMSProp from a mean square of 1: ms = decay + (1 - decay) g^2, step = lr g / sqrt(ms + eps)."""
+    """TF1's RMSProp from a mean square of 1: ms = decay + (1 - decay) g^2,
+    step = lr g / sqrt(ms + eps)."""
     mean_squares = [decay + (1 - decay) * g**2 for g in gradients]
     return [
-        lr * g / np.sqrt(ms + RMSPROP_EPSILON) for g, ms in zip(gradients, mean_squares)
+        lr * g / np.sqrt(ms + RMSPROP_EPSILON)
+        for g, ms in zip(gradients, mean_squares, strict=True)
     ], mean_squares
 
 
@@ -315,7 +321,7 @@ def test_learning_rate_decay_and_gamma_shape_the_update(seed1_run, optimizer_run
         policy_gradient(weights, episode, 0.99), LEARNING_RATE, DECAY_RATE
     )
     for name, step, mean_square, default_gamma_step in zip(
-        PARAMETERS, steps, mean_squares, default_gamma_steps
+        PARAMETERS, steps, mean_squares, default_gamma_steps, strict=True
     ):
         taken = initial[name].astype(np.float64) - after[name].astype(np.float64)
         tolerance = 1e-3 * np.abs(step).max()

@@ -39,7 +39,8 @@ TINY = ["--batch-size", 1, "--envs", 1, "--hidden", 8]
 PATCHED_MAIN = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("tutorial_atari_pong", sys.argv[1])
-pong = sys.modules["tutorial_atari_pong"] = importlib.util.module_from_spec(spec)  # workers pickle its classes
+# registered under its name: the workers pickle its classes
+pong = sys.modules["tutorial_atari_pong"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pong)
 exec(sys.argv[2])
 pong.main(sys.argv[3:])
@@ -435,8 +436,8 @@ def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_p
     )
     assert resumed.returncode == 0, resumed.describe()
     assert (
-        "settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, --decay-rate 0.9 -> 0.99, "
-        "--gamma 0.95 -> 0.99"
+        "settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, "
+        "--decay-rate 0.9 -> 0.99, --gamma 0.95 -> 0.99"
     ) in resumed.lines
     assert load_checkpoint(model_dir / CHECKPOINT_NAME)["config/learning_rate"].item() == 0.001
 
@@ -484,7 +485,7 @@ def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite
     ]
     with pytest.raises(pong.NonFiniteError, match="gradient is not finite"):
         pong.update_policy(model, optimizer, nan_gradient, batch, 0.99)
-    for b, w in zip(before, model.trainable_weights):
+    for b, w in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(w.numpy(), b)
 
     model.trainable_weights[0].assign(np.full(model.trainable_weights[0].shape, np.inf, np.float32))

@@ -332,7 +332,7 @@ def dense_gradients(model, episodes, gamma):
 def split_frames(episode):
     ends = np.cumsum(episode.nnz)
     starts = ends - episode.nnz
-    return [(episode.indices[a:b], episode.signs[a:b]) for a, b in zip(starts, ends)]
+    return [(episode.indices[a:b], episode.signs[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
 class GradientRecorder:
@@ -350,7 +350,7 @@ def fresh_policy(pong, seed=5):
 
 
 def assert_gradients_close(got, expected):
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max())
 
@@ -373,9 +373,10 @@ def test_update_policy_applies_the_dense_gradient_whatever_the_chunk_size(pong, 
 
 
 def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
-    """A run repeats itself only if its updates do: on a batch the size of a real one (~15,000 steps of ~20
-    changed pixels), TensorFlow's CSR product with adjoint_a=True came out different in the last bits on 7 of
-    8 repeats; the explicit transpose that sparse_product uses sums in one order."""
+    """A run repeats itself only if its updates do: on a batch the size of a real one
+    (~15,000 steps of ~20 changed pixels), TensorFlow's CSR product with adjoint_a=True came
+    out different in the last bits on 7 of 8 repeats; the explicit transpose that
+    sparse_product uses sums in one order."""
     rng = np.random.default_rng(3)
     n_steps, changed = 15000, 20
     pixels = np.unique(
@@ -402,7 +403,7 @@ def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
     first = gradients()
     assert np.abs(first[0]).max() > 0
     for _ in range(8):
-        for got, expected in zip(gradients(), first):
+        for got, expected in zip(gradients(), first, strict=True):
             np.testing.assert_array_equal(got, expected)
 
 
@@ -418,7 +419,7 @@ def test_make_optimizer_starts_tf1_rmsprop_with_mean_square_1_without_moving_a_w
     before = [w.numpy().copy() for w in model.trainable_weights]
     optimizer = pong.make_optimizer(model, 1e-4, 0.99)
     assert isinstance(optimizer, tf.compat.v1.train.RMSPropOptimizer)
-    for b, w in zip(before, model.trainable_weights):
+    for b, w in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(w.numpy(), b)
         assert np.all(optimizer.get_slot(w, "rms").numpy() == 1)
         assert np.all(optimizer.get_slot(w, "momentum").numpy() == 0)
@@ -431,7 +432,8 @@ def test_make_optimizer_starts_tf1_rmsprop_with_mean_square_1_without_moving_a_w
 
 
 def test_first_two_rmsprop_steps_by_hand_with_the_default_settings(pong):
-    """TF1 RMSProp: ms = decay * ms + (1 - decay) * g^2, w -= lr * g / sqrt(ms + 1e-10), ms starting at 1."""
+    """TF1 RMSProp: ms = decay * ms + (1 - decay) * g^2, w -= lr * g / sqrt(ms + 1e-10),
+    ms starting at 1."""
     args = pong.parse_args([])
     model = one_weight(
         [0.0, 0.0, 0.0]
@@ -471,9 +473,13 @@ def test_rmsprop_epsilon_is_tf1s_1e_10(pong):
 def tf1_rmsprop(weights, mean_squares, gradients, lr=1e-4, decay=0.99):
     """One step of the tutorial's optimizer in float64 numpy."""
     mean_squares = [
-        decay * m + (1 - decay) * g.astype(np.float64) ** 2 for m, g in zip(mean_squares, gradients)
+        decay * m + (1 - decay) * g.astype(np.float64) ** 2
+        for m, g in zip(mean_squares, gradients, strict=True)
     ]
-    weights = [w - lr * g / np.sqrt(m + 1e-10) for w, g, m in zip(weights, gradients, mean_squares)]
+    weights = [
+        w - lr * g / np.sqrt(m + 1e-10)
+        for w, g, m in zip(weights, gradients, mean_squares, strict=True)
+    ]
     return weights, mean_squares
 
 
@@ -487,19 +493,24 @@ def test_update_policy_takes_two_tf1_rmsprop_steps_on_the_dense_gradients(pong):
     squares = [np.ones_like(w) for w in weights]
     for seed in (1, 2):
         episodes = make_batch(pong, seed=seed)
-        for r, w in zip(reference.trainable_weights, weights):
+        for r, w in zip(reference.trainable_weights, weights, strict=True):
             r.assign(w.astype(np.float32))
         gradients = dense_gradients(reference, episodes, 0.99)
         previous = [w.numpy() for w in model.trainable_weights]
         pong.update_policy(model, optimizer, gradient_fn, episodes, 0.99, chunk_steps=7)
         weights, squares = tf1_rmsprop(weights, squares, gradients)
         for w, p, expected, ms, name in zip(
-            model.trainable_weights, previous, weights, squares, pong.mean_squares(optimizer, model)
+            model.trainable_weights,
+            previous,
+            weights,
+            squares,
+            pong.mean_squares(optimizer, model),
+            strict=True,
         ):
             step, expected_step = w.numpy() - p, expected - p
             assert np.abs(expected_step).max() > 1e-6, name  # the weights really moved
-            # to float32 rounding: of the weight (its spacing), and of the gradient, whose sums run in another
-            # order sparsely than densely (1e-4 of the step, 1e-5 of the largest step)
+            # to float32 rounding: of the weight (its spacing), and of the gradient, whose sums run
+            # in another order sparsely than densely (1e-4 of the step, 1e-5 of the largest step)
             error = np.abs(step - expected_step)
             bound = (
                 1e-4 * np.abs(expected_step)
@@ -528,7 +539,7 @@ def trained(pong):
 
 def assert_same_episodes(got, expected):
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.number == e.number
         for name in ("nnz", "indices", "signs", "labels", "rewards"):
             np.testing.assert_array_equal(getattr(g, name), getattr(e, name), err_msg=name)
@@ -550,7 +561,7 @@ def test_checkpoint_round_trip_restores_everything(pong, trained, tmp_path):
 
     assert episode == 22
     assert running_mean == -20.25
-    for w, o in zip(model.trainable_weights, other.trainable_weights):
+    for w, o in zip(model.trainable_weights, other.trainable_weights, strict=True):
         np.testing.assert_array_equal(o.numpy(), w.numpy())
     saved, restored = pong.mean_squares(optimizer, model), pong.mean_squares(other_optimizer, other)
     assert (
@@ -595,7 +606,7 @@ def test_a_resumed_run_applies_the_same_next_update_as_one_that_never_stopped(po
     next_batch = make_batch(pong, seed=5)
     pong.update_policy(steady, steady_optimizer, steady_gradient, next_batch, 0.99)
     pong.update_policy(resumed, resumed_optimizer, pong.make_gradient_fn(resumed), next_batch, 0.99)
-    for s, r in zip(steady.trainable_weights, resumed.trainable_weights):
+    for s, r in zip(steady.trainable_weights, resumed.trainable_weights, strict=True):
         np.testing.assert_array_equal(r.numpy(), s.numpy(), err_msg=s.name)
     for name, square in pong.mean_squares(steady_optimizer, steady).items():
         np.testing.assert_array_equal(
@@ -924,8 +935,8 @@ def test_video_draws_each_pixel_as_a_block_and_a_gif_keeps_the_first_frames(pong
 
 @pytest.mark.parametrize("checks_before_stop", [0, 3])
 def test_an_episode_stopped_part_way_leaves_no_video(pong, tmp_path, checks_before_stop):
-    """A stop part-way through an episode (Ctrl-C during --play --record) removes its unfinished video, whether
-    ffmpeg has written anything yet or not."""
+    """A stop part-way through an episode (Ctrl-C during --play --record) removes its
+    unfinished video, whether ffmpeg has written anything yet or not."""
     checks = []
     player = pong.LocalPlayer((1, 0), recording=pong.Recording(str(tmp_path), 1, 3, None))
     weights = [

@@ -39,13 +39,13 @@ def test_play_prints_one_score_line_per_episode_and_a_summary_that_adds_up(play_
     assert sorted(int(m[1]) for m in scores) == [0, 1]
     won = [int(m[2]) for m in scores]
     lost = [int(m[3]) for m in scores]
-    for w, l, m in zip(won, lost, scores):
-        assert max(w, l) == 21
-        assert m[4] == ("won" if w > l else "lost")
+    for ours, theirs, m in zip(won, lost, scores, strict=True):
+        assert max(ours, theirs) == 21
+        assert m[4] == ("won" if ours > theirs else "lost")
     summary = PLAY_SUMMARY_RE.match(lines[2])
     assert summary, lines[2]
     assert int(summary[1]) == 2 and summary[2] == str(trained.checkpoint)
-    games_won = sum(w > l for w, l in zip(won, lost))
+    games_won = sum(ours > theirs for ours, theirs in zip(won, lost, strict=True))
     assert int(summary[3]) == games_won and int(summary[4]) == 2
     assert int(summary[5]) == round(100 * games_won / 2)
     interval = {0: (0, 66), 1: (9, 91), 2: (34, 100)}[
@@ -214,7 +214,9 @@ def write_progress(directory, running_means, points_won, wall_times=None):
     wall_times = wall_times or ["2026-01-01T00:00:00"] * len(points_won)
     with open(directory / "progress.csv", "w") as f:
         f.write("episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time\n")
-        for episode, (mean, won, time) in enumerate(zip(running_means, points_won, wall_times)):
+        for episode, (mean, won, time) in enumerate(
+            zip(running_means, points_won, wall_times, strict=True)
+        ):
             f.write(f"{episode},{2 * won - 21},{mean},{won},21,1000,0.250,{time}\n")
 
 
@@ -268,7 +270,8 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
         f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark, "
         "and over all since the mark before:",
         f"    5000 episodes: {quarter},  1.39 hours; episodes 0-4999: "
-        f"points won  {100 * (625 * 21 + 4375 * 7) / (625 * 42 + 4375 * 28):4.1f}%, games won  12.5%",
+        f"points won  {100 * (625 * 21 + 4375 * 7) / (625 * 42 + 4375 * 28):4.1f}%, "
+        "games won  12.5%",
         f"    6000 episodes: {quarter},  1.67 hours; episodes 5000-5999: {quarter}",
         "  running mean first above 0: not yet",
         "  above 0 from then on: not yet",
@@ -288,18 +291,19 @@ def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stay
     write_progress(run, means, [10] * 3600, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     assert capsys.readouterr().out.splitlines()[-5:-3] == [
-        f"  running mean first above 0: episode 1000, after 1.0 million agent steps and {1000 / 3600:.2f} hours "
-        "(2600 episodes ago)",
-        f"  above 0 from then on: episode 2000, after 2.0 million agent steps and {2000 / 3600:.2f} hours "
-        "(1600 episodes ago)",
+        "  running mean first above 0: episode 1000, after 1.0 million agent steps and "
+        f"{1000 / 3600:.2f} hours (2600 episodes ago)",
+        "  above 0 from then on: episode 2000, after 2.0 million agent steps and "
+        f"{2000 / 3600:.2f} hours (1600 episodes ago)",
     ]
 
 
 def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_won(
     pong, tmp_path, capsys
 ):
-    """Over the window (a tenth of the run here: 100 episodes), the best shares and mean reward in a row, and the
-    first stretch with 90% of the games won: the tutorial's "almost never loses"."""
+    """Over the window (a tenth of the run here: 100 episodes), the best shares and mean
+    reward in a row, and the first stretch with 90% of the games won: the tutorial's
+    "almost never loses"."""
     run = tmp_path / "run"
     won = [
         21 if 400 <= i < 490 else 10 for i in range(1000)
@@ -308,7 +312,8 @@ def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_w
     write_progress(run, [1.0] * 1000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
-    # a game counts as won when its reward (2 * won - 21) is above 0: 90 of the 100 episodes 390-489 and 400-499
+    # a game counts as won when its reward (2 * won - 21) is above 0: 90 of the 100 episodes
+    # 390-489 and 400-499
     assert lines[-3] == (
         "  best 100 episodes in a row: games won 90.0% (episodes 390-489), points won "
         f"{100 * (90 * 21 + 10 * 10) / (90 * 42 + 10 * 31):.1f}% (episodes 390-489), "
@@ -358,7 +363,8 @@ def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, 
 
 
 def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
-    """`sweep.py --plot DIR ...` is the same code without TensorFlow: the same lines, the same figure's place."""
+    """`sweep.py --plot DIR ...` is the same code without TensorFlow: the same lines, the
+    same figure's place."""
     for name, won in (("a", [0, 3, 6]), ("b", [1, 2, 9])):
         write_progress(tmp_path / "runs" / name, [-20.0, -19.0, -18.0], won)
     folders = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
@@ -389,7 +395,8 @@ def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
         timeout=300,
     )
     assert missing.returncode == 2 and missing.stderr.splitlines() == [
-        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} (No such file or directory)"
+        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} "
+        "(No such file or directory)"
     ]
 
 
@@ -401,7 +408,8 @@ def test_plot_of_the_script_copied_alone_says_in_one_line_that_it_needs_sweep_py
     result = run_script(["--plot", tmp_path / "run"], tmp_path, script=alone)
     assert result.returncode == 2 and result.stdout == "", result.describe()
     assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(
-        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: it draws the curves ("
+        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: "
+        "it draws the curves ("
     ), result.stderr
     assert not (tmp_path / "run" / "learning_curve.png").exists()
 
