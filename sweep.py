@@ -56,11 +56,8 @@ save_every = 100  # episodes between checkpoints and between reports to the prun
 grace_period = 120  # seconds without a heartbeat before a trial counts as dead and is retried
 
 SCRIPT = pathlib.Path(__file__).resolve().parent / "tutorial_atari_pong.py"
-PARAMS = (
-    "learning_rate",
-    "decay_rate",
-    "init",
-)  # Optuna's names, and the script's flags with - for _
+# Optuna's names of the knobs, and the script's flags with - for _.
+PARAMS = ("learning_rate", "decay_rate", "init")
 SET_BY_SWEEP = (
     "--model-dir",
     "--model",
@@ -179,7 +176,8 @@ def in_search_block(setting):
 
 
 def parse_setting(text, defaults):
-    """--enqueue learning_rate=3e-4,decay_rate=0.95,init=he-normal; what is left out is the script's default."""
+    """--enqueue learning_rate=3e-4,decay_rate=0.95,init=he-normal; what is
+    left out is the script's default."""
     setting = dict(defaults)
     for part in filter(None, text.split(",")):
         name, _, value = part.partition("=")
@@ -237,16 +235,14 @@ def open_storage(url, must_exist, grace_seconds=None, retry=None):
         parsed = sqlalchemy.engine.make_url(url)
     except Exception as error:
         raise SweepError(f"--storage {url}: not a database URL ({error})") from None
-    if (
-        parsed.drivername == "postgresql"
-    ):  # SQLAlchemy 2.1 took psycopg 3 for it; requirements.txt has psycopg2
+    # SQLAlchemy 2.1 took psycopg 3 for postgresql://; requirements.txt has psycopg2.
+    if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
         url = parsed.render_as_string(hide_password=False)
     engine_kwargs = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {
-            "timeout": 60
-        }  # two sweeps on one file wait for each other's writes
+        # Two sweeps on one file wait for each other's writes.
+        engine_kwargs["connect_args"] = {"timeout": 60}
         if parsed.database and parsed.database != ":memory:":
             if must_exist and not os.path.exists(parsed.database):
                 raise SweepError(f"no study database at {parsed.database} (--storage, --runs)")
@@ -305,7 +301,8 @@ def open_study(args, storage, settings):
         if in_search_block(tutorial):
             optuna_study.enqueue_trial(tutorial)
             print(
-                f"new study {args.study}: its first trial is the tutorial's setting ({describe(tutorial)})"
+                f"new study {args.study}: its first trial is the tutorial's setting "
+                f"({describe(tutorial)})"
             )
     for text in args.enqueue:
         optuna_study.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
@@ -331,9 +328,8 @@ def exit_with_sweep():
 
     def preexec():
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if (
-            os.getppid() != sweep_pid
-        ):  # the sweep died before the line above: no one would stop this run
+        # The sweep died before the line above: no one would stop this run.
+        if os.getppid() != sweep_pid:
             os._exit(1)
 
     return preexec if sys.platform.startswith("linux") else None
@@ -449,11 +445,11 @@ FIELDS = [
 
 
 def whole_rows(path):
-    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
-    well-formed (an episode number, finite numbers, a wall time), and how many other rows it holds."""
-    with open(
-        path, newline="", errors="replace"
-    ) as f:  # bytes that are not UTF-8 make their row malformed
+    """progress.csv's rows that are whole (a hard kill may leave a torn last
+    row, without its line end) and well-formed (an episode number, finite
+    numbers, a wall time), and how many other rows it holds."""
+    # Bytes that are not UTF-8 make their row malformed.
+    with open(path, newline="", errors="replace") as f:
         lines = f.read().splitlines(keepends=True)[1:]
     rows = []
     for line in lines:
@@ -489,7 +485,8 @@ def progress_rows(folder, episodes_wanted=math.inf, say_skipped=False):
 
 
 def hours_trained(rows):
-    """The hours of training up to each row: the wall-clock between episodes, leaving out gaps of stops."""
+    """The hours of training up to each row: the wall-clock between episodes,
+    leaving out the gaps of stops."""
     times = np.array(
         [datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows]
     )
@@ -543,40 +540,14 @@ def make_objective(args, stop_requested, current):
         setting = suggest(trial)
         folder = trial_folder(args, trial)
         trial.set_user_attr("host", socket.gethostname())
-        print(
-            f"trial {trial.number}: {describe(setting)}, {args.seeds} runs in {folder}"
-            + (
-                f" (trial {trial.user_attrs['folder'][6:].lstrip('0') or 0} tried again)"
-                if trial.user_attrs["folder"] != f"trial-{trial.number:04d}"
-                else ""
-            ),
-            flush=True,
-        )
-        done = {}
-        for seed_value in range(1, args.seeds + 1):
-            seed_folder = folder / f"seed-{seed_value}"
-            seed_folder.mkdir(parents=True, exist_ok=True)
-            holder = folder_locked_by(seed_folder)
-            if holder:
-                raise SweepError(
-                    f"another training run (pid {holder}) is using {seed_folder}: "
-                    f"trial {trial.number} waits in the study until it is free"
-                )
-            done[seed_value] = checkpoint_episode(seed_folder)
+        announce(trial, setting, folder, args.seeds)
+        done = episodes_done(trial, folder, args.seeds)
         active = []
         try:
-            for seed_value, episodes_done in done.items():
-                if episodes_done is None or episodes_done < args.episodes:
-                    active.append(
-                        Run(
-                            folder / f"seed-{seed_value}",
-                            seed_value,
-                            setting,
-                            episodes_done,
-                            args,
-                            envs,
-                        )
-                    )
+            for seed_value, seed_done in done.items():
+                if seed_done is None or seed_done < args.episodes:
+                    seed_folder = folder / f"seed-{seed_value}"
+                    active.append(Run(seed_folder, seed_value, setting, seed_done, args, envs))
             rows_by_seed = watch(trial, folder, active, args, stop_requested)
         except BaseException:
             stop_runs(active)
@@ -592,6 +563,34 @@ def make_objective(args, stop_requested, current):
         return result["mean_reward"]
 
     return objective
+
+
+def announce(trial, setting, folder, seeds):
+    """The trial's first line; a retried trial says whose folder it carries on in."""
+    retried = ""
+    if trial.user_attrs["folder"] != f"trial-{trial.number:04d}":
+        first_try = int(trial.user_attrs["folder"].removeprefix("trial-"))
+        retried = f" (trial {first_try} tried again)"
+    print(
+        f"trial {trial.number}: {describe(setting)}, {seeds} runs in {folder}{retried}", flush=True
+    )
+
+
+def episodes_done(trial, folder, seeds):
+    """Each seed's episodes done by its checkpoint (None: none yet), its folder
+    made; a folder that a training run holds stops the trial."""
+    done = {}
+    for seed_value in range(1, seeds + 1):
+        seed_folder = folder / f"seed-{seed_value}"
+        seed_folder.mkdir(parents=True, exist_ok=True)
+        holder = folder_locked_by(seed_folder)
+        if holder:
+            raise SweepError(
+                f"another training run (pid {holder}) is using {seed_folder}: "
+                f"trial {trial.number} waits in the study until it is free"
+            )
+        done[seed_value] = checkpoint_episode(seed_folder)
+    return done
 
 
 def watch(trial, folder, active, args, stop_requested):
@@ -627,9 +626,8 @@ def watch(trial, folder, active, args, stop_requested):
             if returncode is not None and returncode != 0:
                 stop_runs(active)
                 message = run.error_line()
-                if (
-                    "NaN or infinity" in message
-                ):  # the setting diverged: as hopeless as a pruned one
+                # The setting diverged: as hopeless as a pruned one.
+                if "NaN or infinity" in message:
                     prune(
                         trial,
                         [progress_rows(f, args.episodes) for f in seed_folders],
@@ -641,7 +639,11 @@ def watch(trial, folder, active, args, stop_requested):
                 )
         if all(run.process.poll() == 0 for run in active):
             rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
-            short = [f for f, rows in zip(seed_folders, rows_by_seed) if len(rows) < args.episodes]
+            short = [
+                f
+                for f, rows in zip(seed_folders, rows_by_seed, strict=True)
+                if len(rows) < args.episodes
+            ]
             if short:
                 raise SweepError(
                     f"trial {trial.number}: the run in {short[0]} stopped before its "
@@ -685,40 +687,26 @@ def sweep(args):
         storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry
     )
     optuna_study = open_study(args, storage, settings)
-    optuna_study.pruner = (
-        optuna.pruners.NopPruner()
-        if args.no_prune
-        else optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNE_STARTUP_TRIALS,
-            n_warmup_steps=int(args.episodes * PRUNE_WARMUP_FRACTION),
-        )
-    )
-
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    optuna_study.pruner = make_pruner(args)
+    stop_requested = catch_stop_signals()
     current = {}
-    objective = make_objective(args, lambda: stop["requested"], current)
+    objective = make_objective(args, stop_requested, current)
     waiting_said = False
-    while not stop["requested"]:
-        optuna.storages.fail_stale_trials(
-            optuna_study
-        )  # a dead sweep's trial goes back into the queue
+    while not stop_requested():
+        # A dead sweep's trial goes back into the queue.
+        optuna.storages.fail_stale_trials(optuna_study)
         finished, running, queued = trial_counts(optuna_study)
         if finished >= args.trials:
             print(
-                f"study {args.study} holds {finished} finished trials (--trials {args.trials}): done"
+                f"study {args.study} holds {finished} finished trials "
+                f"(--trials {args.trials}): done"
             )
             return 0
         if finished + running >= args.trials and not queued:
             if not waiting_said:
                 print(
-                    f"{running} trials are running elsewhere, enough for --trials {args.trials}: waiting "
-                    "for them (a trial whose sweep has died is taken over here)",
+                    f"{running} trials are running elsewhere, enough for --trials {args.trials}: "
+                    "waiting for them (a trial whose sweep has died is taken over here)",
                     flush=True,
                 )
                 waiting_said = True
@@ -734,12 +722,34 @@ def sweep(args):
             raise error
     if retry_later(optuna_study, current, retry):
         print(
-            f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the same "
-            "command carries on"
+            f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the "
+            "same command carries on"
         )
     else:
         print("stopped between trials")
     return 0
+
+
+def make_pruner(args):
+    if args.no_prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNE_STARTUP_TRIALS,
+        n_warmup_steps=int(args.episodes * PRUNE_WARMUP_FRACTION),
+    )
+
+
+def catch_stop_signals():
+    """Ctrl-C and SIGTERM only ask the sweep to stop, so that the trial's runs
+    save first; returns the question whether one came."""
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return lambda: stop["requested"]
 
 
 def retry_later(optuna_study, current, retry):
@@ -782,37 +792,40 @@ def report(args):
         all_trials,
         key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf), t.number),
     )
-    attrs = optuna_study.user_attrs
     print(
-        f"study {args.study}: {command_line(attrs)}; objective: mean episode reward over the last tenth "
-        "of the episodes, averaged over the seeds"
+        f"study {args.study}: {command_line(optuna_study.user_attrs)}; objective: mean episode "
+        "reward over the last tenth of the episodes, averaged over the seeds"
     )
     print(
         f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
         f"{'objective':>9}  {'episodes':>8}  {'points won':>19}  {'games won':>13}  {'hours':>6}"
     )
     for t in ranked:
-        a = t.user_attrs
-        state = t.state.name.lower()
-        if t.state == TrialState.FAIL and t.number in retried_as:
-            state = f"failed, retried {retried_as[t.number]}"
-        params = t.params
-        points = (
-            f"{a['points_won'] / a['points_played']:6.1%} ({a['points_won']}/{a['points_played']})"
-            if a.get("points_played")
-            else "-"
-        )
-        games = f"{a['games_won']}/{a['games']}" if "games" in a else "-"
-        hours = a.get("hours", trial_hours(t))
-        objective_text = f"{a['mean_reward']:+.3f}" if "mean_reward" in a else "-"
-        print(
-            f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
-            f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  {state:<18}  "
-            f"{objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  {games:>13}  {hours:>6.2f}"
-        )
+        print(report_line(t, retried_as))
     figure = draw_report(optuna_study, all_trials, pathlib.Path(args.runs) / args.study)
     print(f"figure: {figure}")
     return 0
+
+
+def report_line(t, retried_as):
+    """One trial's row of the report's table."""
+    a = t.user_attrs
+    state = t.state.name.lower()
+    if t.state == TrialState.FAIL and t.number in retried_as:
+        state = f"failed, retried {retried_as[t.number]}"
+    points = "-"
+    if a.get("points_played"):
+        share = a["points_won"] / a["points_played"]
+        points = f"{share:6.1%} ({a['points_won']}/{a['points_played']})"
+    games = f"{a['games_won']}/{a['games']}" if "games" in a else "-"
+    hours = a.get("hours", trial_hours(t))
+    objective_text = f"{a['mean_reward']:+.3f}" if "mean_reward" in a else "-"
+    return (
+        f"{t.number:>5}  {t.params.get('learning_rate', math.nan):>13.3g}  "
+        f"{t.params.get('decay_rate', math.nan):>10.4g}  {t.params.get('init', '-'):<16}  "
+        f"{state:<18}  {objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  "
+        f"{games:>13}  {hours:>6.2f}"
+    )
 
 
 def trial_hours(t):
@@ -832,8 +845,23 @@ def draw_report(optuna_study, all_trials, folder):
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    markers = dict(zip(INITIALISERS, "os^Dv<>ph*"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    draw_objective_by_setting(figure, left, all_trials)
+    left.set_title(f"study {optuna_study.study_name}: objective by setting")
+    draw_reported_means(right, all_trials)
+    figure.tight_layout()
+    path = folder / "report.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    draw_optuna_plots(optuna_study, folder, plt)
+    return path
+
+
+def draw_objective_by_setting(figure, axes, all_trials):
+    import matplotlib
+
+    # More markers than initialisers: the search block may name a few more.
+    markers = dict(zip(INITIALISERS, "os^Dv<>ph*", strict=False))
     scored = [
         t for t in all_trials if "mean_reward" in t.user_attrs and "learning_rate" in t.params
     ]
@@ -841,7 +869,7 @@ def draw_report(optuna_study, all_trials, folder):
     norm = matplotlib.colors.Normalize(*DECAY_RATE)
     for rank, t in enumerate(sorted(scored, key=lambda t: t.params["learning_rate"])):
         pruned = t.state == TrialState.PRUNED
-        left.scatter(
+        axes.scatter(
             t.params["learning_rate"],
             t.user_attrs["mean_reward"],
             s=60,
@@ -850,28 +878,33 @@ def draw_report(optuna_study, all_trials, folder):
             alpha=0.4 if pruned else 0.75,
             edgecolors="red" if pruned else "black",
         )
-        # neighbours in learning rate take turns above and below, so that close settings keep legible numbers
-        left.annotate(
+        # Neighbours in learning rate take turns above and below, so that
+        # close settings keep legible numbers.
+        axes.annotate(
             str(t.number),
             (t.params["learning_rate"], t.user_attrs["mean_reward"]),
             fontsize=7,
             xytext=(5, 5 if rank % 2 == 0 else -11),
             textcoords="offset points",
         )
-    left.set_xscale("log")
-    left.set_xlim(*LEARNING_RATE)
-    left.set_xlabel("learning rate")
-    left.set_ylabel("mean episode reward, last tenth (pruned: faint, red edge)")
-    left.set_title(f"study {optuna_study.study_name}: objective by setting")
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm, colours), ax=left, label="decay rate")
+    axes.set_xscale("log")
+    axes.set_xlim(*LEARNING_RATE)
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("mean episode reward, last tenth (pruned: faint, red edge)")
+    figure.colorbar(matplotlib.cm.ScalarMappable(norm, colours), ax=axes, label="decay rate")
     for name, marker in markers.items():
-        left.scatter([], [], marker=marker, color="grey", label=name)
-    left.legend(title="init", fontsize=8, loc="best")
-    left.grid(alpha=0.3)
+        axes.scatter([], [], marker=marker, color="grey", label=name)
+    axes.legend(title="init", fontsize=8, loc="best")
+    axes.grid(alpha=0.3)
+
+
+def draw_reported_means(axes, all_trials):
+    import matplotlib
+
     for t in all_trials:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
-            right.plot(
+            axes.plot(
                 steps,
                 [t.intermediate_values[s] for s in steps],
                 "--" if t.state == TrialState.PRUNED else "-",
@@ -879,18 +912,12 @@ def draw_report(optuna_study, all_trials, folder):
                 color=matplotlib.colormaps["tab20"](t.number % 20),
                 label=f"{t.number} ({t.state.name.lower()})",
             )
-    right.set_xlabel("episode")
-    right.set_ylabel("the seeds' mean running mean (reported to the pruner)")
-    right.set_title("trials as they trained (pruned: dashed)")
-    right.grid(alpha=0.3)
+    axes.set_xlabel("episode")
+    axes.set_ylabel("the seeds' mean running mean (reported to the pruner)")
+    axes.set_title("trials as they trained (pruned: dashed)")
+    axes.grid(alpha=0.3)
     if any(t.intermediate_values for t in all_trials):
-        right.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = folder / "report.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    draw_optuna_plots(optuna_study, folder, plt)
-    return path
+        axes.legend(fontsize=7, ncol=2)
 
 
 def draw_optuna_plots(optuna_study, folder, plt):
@@ -931,7 +958,8 @@ MILESTONE_EVERY = 5000
 
 
 def progress_columns(folder):
-    """A model folder's progress.csv as columns of numbers, with the hours of training since episode 0."""
+    """A model folder's progress.csv as columns of numbers, with the hours of
+    training since episode 0."""
     source = os.path.join(folder, "progress.csv")
     try:
         with open(source):  # a missing file is an error here, not a run that has not started
@@ -960,8 +988,9 @@ def shares_won(run, window):
 
 
 def crossings(run):
-    """Where the running mean first went above 0 (beating the built-in player), and where its last stretch above 0
-    began: (first, last), episode indexes, None where there is none."""
+    """Where the running mean first went above 0 (beating the built-in
+    player), and where its last stretch above 0 began: (first, last), episode
+    indexes, None where there is none."""
     above = run["running_mean"] > 0
     below = np.flatnonzero(~above)
     last = int(below[-1]) + 1 if below.size else 0
@@ -969,8 +998,8 @@ def crossings(run):
 
 
 def seed_groups(folders):
-    """The lines of a plot: the seed-S folders of one sweep trial are one setting, drawn as their mean and
-    spread; any other folder is its own."""
+    """The lines of a plot: the seed-S folders of one sweep trial are one
+    setting, drawn as their mean and spread; any other folder is its own."""
     groups = {}
     for folder in folders:
         seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
@@ -988,18 +1017,19 @@ def print_milestones(folder, run, shares, window):
         f"over the {window} episodes before each mark, and over all since the mark before:"
     )
     marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
-    for start, mark in zip([0, *marks], marks):
+    for start, mark in zip([0, *marks[:-1]], marks, strict=True):
         block = [
             share[0]
             for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)
         ]
         print(
             f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
-            f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; episodes {start}-{mark - 1}: "
-            f"points won {block[0]:5.1f}%, games won {block[1]:5.1f}%"
+            f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; "
+            f"episodes {start}-{mark - 1}: points won {block[0]:5.1f}%, games won {block[1]:5.1f}%"
         )
     steps = np.cumsum(run["steps"])
-    for text, at in zip(("running mean first above 0", "above 0 from then on"), crossings(run)):
+    texts = ("running mean first above 0", "above 0 from then on")
+    for text, at in zip(texts, crossings(run), strict=True):
         print(
             f"  {text}: "
             + (
@@ -1009,7 +1039,8 @@ def print_milestones(folder, run, shares, window):
                 f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"
             )
         )
-    # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
+    # The tutorial's "almost never loses", and how far any stretch of the run
+    # has come towards it.
     rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
     best = [
         (name, series, int(np.argmax(series)), form)
@@ -1033,15 +1064,16 @@ def print_milestones(folder, run, shares, window):
         + (
             "not yet"
             if end is None
-            else f"first over episodes {end - window + 1}-{end}, after {steps[end] / 1e6:.1f} million agent steps and "
-            f"{run['hours'][end]:.2f} hours"
+            else f"first over episodes {end - window + 1}-{end}, after "
+            f"{steps[end] / 1e6:.1f} million agent steps and {run['hours'][end]:.2f} hours"
         )
     )
 
 
 def plot(folders):
-    """The learning curves of model folders in one figure, learning_curve.png in the folder (or the one holding
-    them all), and for each a table of the shares won before each milestone. Returns the figure."""
+    """The learning curves of model folders in one figure, learning_curve.png
+    in the folder (or the one holding them all), and for each a table of the
+    shares won before each milestone. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1053,46 +1085,63 @@ def plot(folders):
     shares = {folder: shares_won(run, window) for folder, run in runs.items()}
     groups = seed_groups(folders)
     for name, group in groups.items():
-        length = min(len(runs[folder]["episode"]) for folder in group)
-        episodes = runs[group[0]]["episode"][:length]
-        if len(runs) == 1:  # one run: every episode as a dot behind its mean
-            top.plot(
-                episodes,
-                runs[group[0]]["reward"],
-                ".",
-                markersize=2,
-                alpha=0.3,
-                label="episode reward",
-            )
-        means = np.array([runs[folder]["running_mean"][:length] for folder in group])
-        points = np.array([shares[folder][0][: length - window + 1] for folder in group])
-        label = (
-            name if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
-        )
-        (line,) = top.plot(
-            episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
-        )
-        bottom.plot(
-            episodes[window - 1 :],
-            points.mean(0),
-            linewidth=2,
-            color=line.get_color(),
-            label=f"{label}: points won",
-        )
-        if len(group) > 1:
-            top.fill_between(
-                episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2
-            )
-            bottom.fill_between(
-                episodes[window - 1 :],
-                points.min(0),
-                points.max(0),
-                color=line.get_color(),
-                alpha=0.2,
-            )
+        group_runs = [runs[folder] for folder in group]
+        group_points = [shares[folder][0] for folder in group]
+        draw_group(top, bottom, name, group_runs, group_points, window, alone=len(runs) == 1)
     for folder, run in runs.items():
         print_milestones(folder, run, shares[folder], window)
-    last = max(run["episode"][-1] for run in runs.values())
+    mark_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
+    top.set(
+        ylim=(-21.5, 21.5),
+        ylabel="reward (points won - lost)",
+        title="Pong from pixels: " + ", ".join(groups),
+    )
+    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
+    # The line of a game, or a point, won as often as lost.
+    for axis, even in ((top, 0), (bottom, 50)):
+        axis.axhline(even, color="grey", linewidth=0.8)
+        axis.legend(loc="upper left")
+    figure.tight_layout()
+    output = os.path.join(
+        os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png"
+    )
+    figure.savefig(output, dpi=100)
+    print(f"wrote {output}")
+    return figure
+
+
+def draw_group(top, bottom, name, group_runs, group_points, window, alone):
+    """One line of each panel: a folder's curves, or a trial's seeds as their
+    mean with a band from min to max."""
+    length = min(len(run["episode"]) for run in group_runs)
+    episodes = group_runs[0]["episode"][:length]
+    if alone:  # one run: every episode as a dot behind its mean
+        top.plot(
+            episodes, group_runs[0]["reward"], ".", markersize=2, alpha=0.3, label="episode reward"
+        )
+    means = np.array([run["running_mean"][:length] for run in group_runs])
+    points = np.array([share[: length - window + 1] for share in group_points])
+    seeds = len(group_runs)
+    label = name if seeds == 1 else f"{name} (mean of {seeds} seeds, band: min to max)"
+    (line,) = top.plot(
+        episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
+    )
+    bottom.plot(
+        episodes[window - 1 :],
+        points.mean(0),
+        linewidth=2,
+        color=line.get_color(),
+        label=f"{label}: points won",
+    )
+    if seeds > 1:
+        top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+        bottom.fill_between(
+            episodes[window - 1 :], points.min(0), points.max(0), color=line.get_color(), alpha=0.2
+        )
+
+
+def mark_tutorial_claims(bottom, last):
+    """The tutorial's claims, where the curves reach them."""
     for episodes, share in TUTORIAL_CLAIMS:
         if episodes <= last:
             bottom.plot(episodes, share, "k*", markersize=10)
@@ -1104,25 +1153,6 @@ def plot(folders):
         bottom.annotate(
             'tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points"
         )
-    top.set(
-        ylim=(-21.5, 21.5),
-        ylabel="reward (points won - lost)",
-        title="Pong from pixels: " + ", ".join(groups),
-    )
-    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
-    for axis, even in (
-        (top, 0),
-        (bottom, 50),
-    ):  # the line of a game, or a point, won as often as lost
-        axis.axhline(even, color="grey", linewidth=0.8)
-        axis.legend(loc="upper left")
-    figure.tight_layout()
-    output = os.path.join(
-        os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png"
-    )
-    figure.savefig(output, dpi=100)
-    print(f"wrote {output}")
-    return figure
 
 
 # --- Flags --------------------------------------------------------------------
@@ -1149,23 +1179,37 @@ def parse_args(argv=None):
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = Parser(
         description=textwrap.fill(
-            "Search the tutorial's learning rate, RMSProp decay rate and initialiser with Optuna. Each trial "
-            f"trains one setting with seeds 1..S side by side. The objective: {OBJECTIVE}. Flags after -- go "
-            "to every run of tutorial_atari_pong.py (e.g. -- --batch-size 5).",
+            "Search the tutorial's learning rate, RMSProp decay rate and initialiser with "
+            "Optuna. Each trial trains one setting with seeds 1..S side by side. The "
+            f"objective: {OBJECTIVE}. Flags after -- go to every run of tutorial_atari_pong.py "
+            "(e.g. -- --batch-size 5).",
             79,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
-        "  python sweep.py --trials 20 --episodes 3000 --storage postgresql://user:pw@host/db --study pong\n"
+        "  python sweep.py --trials 20 --episodes 3000 "
+        "--storage postgresql://user:pw@host/db --study pong\n"
         "  python sweep.py --report\n"
         "  python sweep.py --plot models/pretrained models/keras-rmsprop",
     )
+    add_trial_flags(parser)
+    add_sweep_flags(parser)
+    args = parser.parse_args(argv)
+    if args.grace_period < 5:
+        parser.error("--grace-period: at least 5 seconds")
+    args.run_flags = run_flags
+    return args
+
+
+def add_trial_flags(parser):
+    """What each trial trains, and where the study and its runs live."""
     parser.add_argument(
         "--trials",
         type=positive_int,
         default=trials,
-        help="run until the study holds this many finished (complete or pruned) trials (default: %(default)s)",
+        help="run until the study holds this many finished (complete or pruned) trials "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--episodes",
@@ -1192,12 +1236,18 @@ def parse_args(argv=None):
         help="an Optuna database URL (default: sqlite:///RUNS/studies.db); the same "
         "URL and --study on many machines share one study",
     )
+
+
+def add_sweep_flags(parser):
+    """How the sweep looks at, prunes and retries its trials, and what it
+    shows instead of training."""
     parser.add_argument("--no-prune", action="store_true", help="train every trial to its end")
     parser.add_argument(
         "--save-every",
         type=positive_int,
         default=save_every,
-        help="episodes between the runs' checkpoints and the reports to the median pruner (default: %(default)s)",
+        help="episodes between the runs' checkpoints and the reports to the median pruner "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--enqueue",
@@ -1227,11 +1277,6 @@ def parse_args(argv=None):
         "that holds them all), and print the shares won every 5,000 episodes and where the "
         "running mean went above 0 (tutorial_atari_pong.py --plot draws the same); no study needed",
     )
-    args = parser.parse_args(argv)
-    if args.grace_period < 5:
-        parser.error("--grace-period: at least 5 seconds")
-    args.run_flags = run_flags
-    return args
 
 
 def main(argv=None):

@@ -152,7 +152,7 @@ def test_report_from_the_storage_alone_best_first_and_its_figure(small_study, tm
     rows = [line.split() for line in result.lines if re.match(r"^\s+\d+\s", line)]
     best_first = sorted(study.get_trials(), key=lambda t: -t.value)
     assert [int(row[0]) for row in rows] == [t.number for t in best_first]
-    for row, t in zip(rows, best_first):
+    for row, t in zip(rows, best_first, strict=True):
         assert row[4] == "complete" and float(row[5]) == pytest.approx(t.value, abs=5e-4)
         assert row[6] == "4"  # episodes
         won, played = map(int, re.fullmatch(r"\((\d+)/(\d+)\)", row[8]).groups())
@@ -179,7 +179,8 @@ def test_two_sweeps_at_once_on_one_file_share_the_trials(tmp_path):
     assert not set(started_1) & set(started_2), "no trial trained by both"
     study = load(tmp_path)
     finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
-    # --trials counts the study's trials; two sweeps that start their last ones together may add one more.
+    # --trials counts the study's trials; two sweeps that start their last ones
+    # together may add one more.
     assert len(finished) in (3, 4) and sorted(started_1 + started_2) == [t.number for t in finished]
     for t in finished:
         rows = read_progress(tmp_path / "runs" / "pong" / t.user_attrs["folder"] / "seed-1")
@@ -471,20 +472,22 @@ def test_help_states_the_objective():
 
 
 def postgres_or_skip():
-    """The server's URL as Optuna takes it here (psycopg2, the driver requirements.txt installs)."""
+    """The server's URL as Optuna takes it here (psycopg2, the driver
+    requirements.txt installs)."""
     if not POSTGRES_URL:
         pytest.skip(
-            "!!!!!!!! PONG_SWEEP_POSTGRES_URL is not set: the many-machine path (PostgreSQL) is NOT "
-            "tested; .ci/run starts a server and sets it !!!!!!!!"
+            "!!!!!!!! PONG_SWEEP_POSTGRES_URL is not set: the many-machine path (PostgreSQL) "
+            "is NOT tested; .ci/run starts a server and sets it !!!!!!!!"
         )
     import psycopg2  # a missing driver fails the test: requirements.txt must bring it
 
     try:
         psycopg2.connect(POSTGRES_URL, connect_timeout=10).close()
     except psycopg2.OperationalError as error:
+        reason = " ".join(str(error).split())
         pytest.skip(
-            f"!!!!!!!! PostgreSQL at PONG_SWEEP_POSTGRES_URL cannot be reached ({' '.join(str(error).split())}):"
-            " the many-machine path is NOT tested !!!!!!!!"
+            f"!!!!!!!! PostgreSQL at PONG_SWEEP_POSTGRES_URL cannot be reached ({reason}): "
+            "the many-machine path is NOT tested !!!!!!!!"
         )
     return POSTGRES_URL
 
@@ -529,7 +532,7 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
             t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE
         ]
         assert len(finished) in (3, 4) and sorted(on_a + on_b) == finished
-        for machine, numbers in zip(machines, (on_a, on_b)):
+        for machine, numbers in zip(machines, (on_a, on_b), strict=True):
             trained = sorted(p.name for p in (machine / "runs" / name).glob("trial-*"))
             assert trained == [f"trial-{n:04d}" for n in sorted(numbers)], (
                 "each machine trains in its own folder"
