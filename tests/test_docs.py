@@ -14,7 +14,7 @@ PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))
 CI = ROOT / ".ci" / "run"
 
 TRAIN_COMMAND = "pip install -r requirements.txt && python tutorial_atari_pong.py"
-TEST_COMMAND = "pip install -r requirements.txt pytest && python -m pytest"
+TEST_COMMAND = "pip install -r requirements.txt -r tests/requirements.txt && python -m pytest"
 MAX_README_LINES = 250
 
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.M | re.S)
@@ -123,7 +123,7 @@ def test_the_readme_gives_the_two_commands():
 
 
 def test_ci_runs_the_readmes_test_command():
-    """.ci/run echoes the command it runs, then runs exactly that line; the README gives the same."""
+    """.ci/run echoes the command it runs, then runs exactly that line; so does the README."""
     script = CI.read_text(encoding="utf-8")
     echoed = re.findall(r'^\s*echo "\+ (pip install [^"]*pytest[^"]*)"\s*$', script, re.M)
     assert echoed == [TEST_COMMAND], echoed
