@@ -498,15 +498,21 @@ def training_hours(rows):
     return float(hours_trained(rows)[-1]) if rows else 0.0
 
 
-def last_tenth(rows_by_seed):
-    """The objective and what the report shows, over the last tenth of each seed's episodes."""
-    tails = [rows[-max(1, len(rows) // 10) :] for rows in rows_by_seed]
+def last_tenth(rows_by_seed, episodes=None):
+    """The objective and what the report shows, over the same episodes of
+    every seed: the last tenth of its first `episodes`, by default as many as
+    the shortest seed has (a pruned trial's: the episodes the pruner judged;
+    its seeds run on for a few more before they stop). The hours are the
+    slowest seed's, all its episodes: the seeds train side by side."""
+    if episodes is None:
+        episodes = min(len(rows) for rows in rows_by_seed)
+    tails = [rows[episodes - max(1, episodes // 10) : episodes] for rows in rows_by_seed]
     rewards = [[float(row["reward"]) for row in tail] for tail in tails]
     won = sum(int(row["points_won"]) for tail in tails for row in tail)
     lost = sum(int(row["points_lost"]) for tail in tails for row in tail)
     return {
         "mean_reward": float(np.mean([np.mean(r) for r in rewards])),
-        "episodes": min(len(rows) for rows in rows_by_seed),
+        "episodes": episodes,
         "points_won": won,
         "points_played": won + lost,
         "games_won": sum(
@@ -620,6 +626,7 @@ def watch(trial, folder, active, args, stop_requested):
                     trial,
                     [progress_rows(f, args.episodes) for f in seed_folders],
                     f"pruned at episode {step}: mean running mean {value:+.3f} is below the median",
+                    episodes=step,
                 )
         for run in active:
             returncode = run.process.poll()
@@ -654,9 +661,9 @@ def watch(trial, folder, active, args, stop_requested):
         time.sleep(POLL_SECONDS)
 
 
-def prune(trial, rows_by_seed, why):
+def prune(trial, rows_by_seed, why, episodes=None):
     if all(rows_by_seed):
-        for name, value in last_tenth(rows_by_seed).items():
+        for name, value in last_tenth(rows_by_seed, episodes).items():
             trial.set_user_attr(name, value)
     trial.set_user_attr("pruned", why)
     print(f"trial {trial.number} {why}", flush=True)
@@ -804,6 +811,7 @@ def report(args):
         print(report_line(t, retried_as))
     figure = draw_report(optuna_study, all_trials, pathlib.Path(args.runs) / args.study)
     print(f"figure: {figure}")
+    print(study_total(all_trials))
     return 0
 
 
@@ -825,6 +833,20 @@ def report_line(t, retried_as):
         f"{t.params.get('decay_rate', math.nan):>10.4g}  {t.params.get('init', '-'):<16}  "
         f"{state:<18}  {objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  "
         f"{games:>13}  {hours:>6.2f}"
+    )
+
+
+def study_total(all_trials):
+    """The report's closing line: the finished trials and the sum of their
+    hours column, the figure to quote for the study's hours of training."""
+    counts = collections.Counter(t.state for t in all_trials)
+    finished = [t for t in all_trials if t.state in FINISHED]
+    hours = sum(t.user_attrs.get("hours", trial_hours(t)) for t in finished)
+    return (
+        f"study total: {len(finished)} finished trials ({counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned), {hours:.2f} hours of training: the sum of their "
+        "hours (each its slowest seed's, as the seeds train side by side; a retried trial's "
+        "include its failed tries')"
     )
 
 

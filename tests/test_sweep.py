@@ -3,6 +3,8 @@ real PostgreSQL server where one is given), real runs of the script on the
 real Pong-v0, real signals. Each trial is kept tiny: a few episodes of a
 network with 8 hidden units, one update per episode."""
 
+import datetime
+import importlib.util
 import os
 import pathlib
 import re
@@ -158,6 +160,14 @@ def test_report_from_the_storage_alone_best_first_and_its_figure(small_study, tm
         won, played = map(int, re.fullmatch(r"\((\d+)/(\d+)\)", row[8]).groups())
         assert played >= 2 * 21 and won == t.user_attrs["points_won"]
     assert "--episodes 4 --seeds 2 -- --batch-size 1 --hidden 8" in result.lines[0]
+    total = re.fullmatch(
+        r"study total: 2 finished trials \(2 complete, 0 pruned\), "
+        r"(\d+\.\d\d) hours of training: .*",
+        result.lines[-1],
+    )
+    assert total, result.lines[-1]
+    hours = sum(float(row[-1]) for row in rows)  # each row's rounding: 0.005 each at most
+    assert float(total[1]) == pytest.approx(hours, abs=0.011)
     figure = elsewhere / "out" / "pong" / "report.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (elsewhere / "out" / "pong" / "report-history.png").exists()
@@ -325,6 +335,9 @@ def test_a_hopeless_setting_is_pruned_and_its_runs_stop(tmp_path):
     assert pruned.state == optuna.trial.TrialState.PRUNED, result.describe()
     assert pruned.params == {"learning_rate": 1e-2, "decay_rate": 0.9, "init": "he-normal"}
     assert "trial 5 pruned at episode 2" in result.stdout
+    # The record is of the episodes the pruner judged, 0-1 (a tenth of them: one
+    # game), however far the run got before it stopped.
+    assert pruned.user_attrs["episodes"] == 2 and pruned.user_attrs["games"] == 1
     seed_folder = tmp_path / "runs" / "pong" / "trial-0005" / "seed-1"
     assert checkpoint_episode(seed_folder) < episodes  # stopped early, saved
     assert (
@@ -466,6 +479,102 @@ def test_help_states_the_objective():
         result.stdout.split()
     )
     assert "averaged over the seeds" in " ".join(result.stdout.split())
+
+
+# --- The objective's episodes and the report's total, without training ----------------
+
+
+@pytest.fixture(scope="module")
+def sweep_module():
+    """sweep.py as a module, for the functions that need no study and no run."""
+    sys.path.insert(0, str(REPO))  # as when it runs: the script beside it is importable
+    spec = importlib.util.spec_from_file_location("sweep_under_test", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def progress(episodes, points_won):
+    """progress.csv's rows as the sweep reads them: an episode a second."""
+    start = datetime.datetime(2026, 1, 1)
+    return [
+        {
+            "episode": str(episode),
+            "reward": str(float(points_won(episode) - 21)),
+            "points_won": str(points_won(episode)),
+            "points_lost": "21",
+            "wall_time": (start + datetime.timedelta(seconds=episode)).isoformat(),
+        }
+        for episode in range(episodes)
+    ]
+
+
+@pytest.mark.parametrize(
+    "lengths, judged, episodes",
+    [
+        ((310, 300), None, 300),  # trial 11 of models/sweep: seed 1 ran on to 310 rows
+        ((806, 801), 800, 800),  # pruned at episode 800, both seeds a little past it
+        ((1500, 1500), None, 1500),  # a complete trial
+    ],
+)
+def test_the_last_tenth_is_of_the_same_episodes_of_every_seed(
+    sweep_module, lengths, judged, episodes
+):
+    seeds = [progress(n, lambda e, s=s: (e + s) % 3) for s, n in enumerate(lengths)]
+    result = sweep_module.last_tenth(seeds, judged)
+    tail = range(episodes - episodes // 10, episodes)
+    won = [(e + s) % 3 for s in range(len(lengths)) for e in tail]
+    assert result["episodes"] == episodes
+    assert result["games"] == len(won) == 2 * (episodes // 10)
+    assert result["points_won"] == sum(won)
+    assert result["points_played"] == sum(won) + 21 * len(won)
+    assert result["games_won"] == 0
+    assert result["mean_reward"] == pytest.approx(np.mean(won) - 21)
+    # Hours: the slowest seed's, all its episodes (an episode a second).
+    assert result["hours"] == pytest.approx((max(lengths) - 1) / 3600)
+
+
+def test_the_report_closes_with_the_study_total_of_its_hours_column(tmp_path):
+    (tmp_path / "runs").mkdir()
+    url = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+    study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
+    setting = {"learning_rate": 1e-4, "decay_rate": 0.99, "init": "glorot-uniform"}
+    distributions = {
+        "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+        "decay_rate": optuna.distributions.FloatDistribution(0.9, 0.999),
+        "init": optuna.distributions.CategoricalDistribution(["glorot-uniform"]),
+    }
+    finished = {
+        optuna.trial.TrialState.COMPLETE: [0.5, 0.25],
+        optuna.trial.TrialState.PRUNED: [0.2],
+    }
+    for state, all_hours in finished.items():
+        for hours in all_hours:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=state,
+                    value=-20.0 if state == optuna.trial.TrialState.COMPLETE else None,
+                    params=setting,
+                    distributions=distributions,
+                    user_attrs={"mean_reward": -20.0, "episodes": 10, "hours": hours},
+                )
+            )
+    study.add_trial(  # no hours of its own: a failed try's are in its retry's
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL,
+            params=setting,
+            distributions=distributions,
+        )
+    )
+    result = run_sweep(["--report"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.describe()
+    assert result.lines[-1] == (
+        "study total: 3 finished trials (2 complete, 1 pruned), 0.95 hours of training: the sum "
+        "of their hours (each its slowest seed's, as the seeds train side by side; a retried "
+        "trial's include its failed tries')"
+    )
+    table = [line.split() for line in result.lines if re.match(r"^\s+\d+\s", line)]
+    assert sum(float(row[-1]) for row in table if row[4] in ("complete", "pruned")) == 0.95
 
 
 # --- Many machines: PostgreSQL ------------------------------------------------------
