@@ -8,7 +8,7 @@ tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
 
     python tutorial_atari_pong.py                          # train until Ctrl-C
     python tutorial_atari_pong.py --resume                 # carry on where it stopped
-    python tutorial_atari_pong.py --restart                # start over (the old run goes at the first save)
+    python tutorial_atari_pong.py --restart                # start over, replacing the old run
     python tutorial_atari_pong.py --play 5                 # watch the score of the policy
     python tutorial_atari_pong.py --play 1 --record videos # ... or a video of its play
     python tutorial_atari_pong.py --plot                   # draw the learning curve
@@ -21,15 +21,20 @@ import csv
 import dataclasses
 import datetime
 import glob
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
+import zipfile
+
+import numpy as np
 
 # Defaults: edit them here, or override them with the flags of the same name.
 render = False  # show the game in a window (needs a display)
@@ -49,42 +54,40 @@ record_scale = 3  # with --record, each pixel becomes a record_scale x record_sc
 seed = 1
 envs = None  # episodes played at once, one worker process each; None: one per core on Linux, else 1
 
-if __name__ == "__main__":  # Ctrl-C while starting up ends the program quietly: nothing to save yet
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
-
-# TensorFlow and the emulator greet us with C++ logs and deprecation notices;
-# the tutorial's own lines are what a reader should see.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL: file descriptor 2 goes to /dev/null meanwhile.
-sys.stderr.flush()
-stderr_fd, devnull_fd = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-os.dup2(devnull_fd, 2)
-try:
-    import ale_py
-    import gymnasium as gym
-    import numpy as np
-    import tensorflow as tf
-    import tensorlayer as tl
-
-    # TensorFlow's CSR sparse matrices multiply ~7x faster than tf.sparse on the CPU.
-    from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops as csr
-finally:
-    os.dup2(stderr_fd, 2)
-    os.close(stderr_fd)
-    os.close(devnull_fd)
-
-ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
-warnings.filterwarnings(
-    "ignore", message=r".*Pong-v0 is out of date.*"
-)  # v0's settings are the tutorial's
-gym.register_envs(ale_py)
-
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
 MAX_EPISODE_STEPS = 10000  # gym's Pong-v0 cut episodes here (ale-py's registration has no limit)
-CHECKPOINT_FORMAT = (
-    2  # the one read and written (format 1 held Keras RMSprop's state, no longer read)
-)
+CHECKPOINT_FORMAT = 2  # the one read and written (format 1 held Keras RMSprop's state)
 UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
+
+
+def import_libraries():
+    """TensorFlow, TensorLayer and the emulator, for the commands that train or play: --help, a
+    refused flag and --plot do without them and start in a fraction of a second. They greet us
+    with C++ logs and deprecation notices; the tutorial's own lines are what a reader should see."""
+    global ale_py, csr, gym, tf, tl
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow's import logs through absl, past TF_CPP_MIN_LOG_LEVEL: file descriptor 2 goes to
+    # /dev/null meanwhile.
+    sys.stderr.flush()
+    stderr_fd = os.dup(2)
+    devnull_fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull_fd, 2)
+    try:
+        import ale_py
+        import gymnasium as gym
+        import tensorflow as tf
+        import tensorlayer as tl
+
+        # TensorFlow's CSR sparse matrices multiply ~7x faster than tf.sparse on the CPU.
+        from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops as csr
+    finally:
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+        os.close(devnull_fd)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    # v0's settings are the tutorial's
+    warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")
+    gym.register_envs(ale_py)
 
 
 class CheckpointError(Exception):
@@ -111,45 +114,54 @@ BACKGROUND = (34, 228)  # Pong's two background colours, as palette indices
 
 
 def prepro(screen):
-    """210x160 screen of palette indices -> 6400 bools: True where something is drawn. The tutorial's crop,
-    every 2nd row and column, and its two background reds (144, 109), which are these two colours'."""
+    """210x160 screen of palette indices -> 6400 bools: True where something is drawn. The
+    tutorial's crop, every 2nd row and column, and its two background reds (144, 109), which are
+    these two colours'."""
     field = screen[35:195:2, ::2].copy()  # contiguous, the comparisons run faster
     return ((field != BACKGROUND[0]) & (field != BACKGROUND[1])).ravel()
 
 
 def diff_frame(current, previous):
-    """What moved, sparsely (~99.7% of a difference frame is 0): the indices (int16) of the pixels that changed
-    and the signs (int8) of current - previous."""
+    """What moved, sparsely (~99.7% of a difference frame is 0): the indices (int16) of the pixels
+    that changed and the signs (int8) of current - previous."""
     changed = (current != previous).nonzero()[0]
-    return changed.astype(np.int16), current[changed].astype(np.int8) * np.int8(2) - np.int8(1)
+    signs = current[changed].astype(np.int8) * np.int8(2) - np.int8(1)
+    return changed.astype(np.int16), signs
 
 
 # --- Policy ----------------------------------------------------------------
 
-# --init: the tutorial's Xavier/Glorot-uniform, and the usual others; the truncated normal is TensorLayer's default.
+# --init: the tutorial's Xavier/Glorot-uniform, and the usual others (Keras' names); the truncated
+# normal is TensorLayer's default.
 INITIALISERS = {
-    "glorot-uniform": tf.keras.initializers.GlorotUniform,
-    "glorot-normal": tf.keras.initializers.GlorotNormal,
-    "he-uniform": tf.keras.initializers.HeUniform,
-    "he-normal": tf.keras.initializers.HeNormal,
-    "truncated-normal": lambda seed: tf.keras.initializers.TruncatedNormal(stddev=0.05, seed=seed),
+    "glorot-uniform": "GlorotUniform",
+    "glorot-normal": "GlorotNormal",
+    "he-uniform": "HeUniform",
+    "he-normal": "HeNormal",
+    "truncated-normal": "TruncatedNormal",
 }
+
+
+def initialiser(name, seed_value):
+    """The named initialiser of the weights, seeded."""
+    if name == "truncated-normal":
+        return tf.keras.initializers.TruncatedNormal(stddev=0.05, seed=seed_value)
+    return getattr(tf.keras.initializers, INITIALISERS[name])(seed=seed_value)
 
 
 def build_policy(hidden_units, seed_value, init_name=init, input_size=image_size * image_size):
     """The tutorial's network: weights from the named initialiser, zero biases."""
-    weights = INITIALISERS[init_name]
     inputs = tl.layers.Input([None, input_size], name="input")
     x = tl.layers.Dense(
         hidden_units,
         act=tf.nn.relu,
-        W_init=weights(seed=seed_value),
+        W_init=initialiser(init_name, seed_value),
         b_init=tl.initializers.zeros(),
         name="hidden",
     )(inputs)
     outputs = tl.layers.Dense(
         len(ACTIONS),
-        W_init=weights(seed=seed_value + 1),
+        W_init=initialiser(init_name, seed_value + 1),
         b_init=tl.initializers.zeros(),
         name="output",
     )(x)
@@ -163,7 +175,8 @@ def print_policy(model):
         value = weight.numpy()
         print(
             f"  param {i:3d}: {weight.name:20s} {str(value.shape):15s} {value.dtype.name} "
-            f"(mean: {value.mean():<18.12f}, median: {np.median(value):<18.12f}, std: {value.std():<18.12f})"
+            f"(mean: {value.mean():<18.12f}, median: {np.median(value):<18.12f}, "
+            f"std: {value.std():<18.12f})"
         )
     print(f"  num of params: {sum(int(np.prod(w.shape)) for w in model.trainable_weights)}")
 
@@ -174,8 +187,8 @@ def weight_key(weight):
 
 
 def action_probabilities(weights, changed, signs):
-    """Softmax of the policy for one sparse difference frame, in numpy: the model's layers, summing the ~20
-    rows of the hidden weights that the frame selects instead of multiplying 6400 zeros."""
+    """Softmax of the policy for one sparse difference frame, in numpy: the model's layers, summing
+    the ~20 rows of the hidden weights that the frame selects instead of multiplying 6400 zeros."""
     hidden_w, hidden_b, output_w, output_b = weights
     activations = hidden_b + signs.astype(np.float32) @ hidden_w.take(changed, axis=0)
     logits = np.maximum(activations, 0, out=activations) @ output_w + output_b
@@ -184,10 +197,9 @@ def action_probabilities(weights, changed, signs):
 
 
 def sample_action(probs, rng):
-    """Draw STOP, UP or DOWN with the policy's probabilities."""
-    u = (
-        rng.random()
-    )  # the first action whose cumulative probability exceeds u (int: numpy bools do not subtract)
+    """Draw STOP, UP or DOWN with the policy's probabilities: the first action whose cumulative
+    probability exceeds a uniform draw (int(): numpy's bools do not subtract)."""
+    u = rng.random()
     return ACTIONS[2 - int(u < probs[0]) - int(u < probs[0] + probs[1])]
 
 
@@ -195,17 +207,18 @@ def sample_action(probs, rng):
 
 
 def batch_returns(episodes, gamma_value):
-    """Each step's return: each point's reward discounted back to the steps that led to it (resetting at every
-    point), then zero mean and unit variance over the batch (all-equal returns become 0). The undecided last
-    point of an episode cut at MAX_EPISODE_STEPS: its steps get 0, no credit either way, and are left out."""
-    returns = np.concatenate(
-        [
-            tl.rein.discount_episode_rewards(e.rewards.astype(np.float32), gamma_value)
-            for e in episodes
-        ]
-    )
+    """Each step's return: each point's reward discounted back to the steps that led to it
+    (resetting at every point), then zero mean and unit variance over the batch (all-equal returns
+    become 0). The undecided last point of an episode cut at MAX_EPISODE_STEPS: its steps get 0, no
+    credit either way, and are left out."""
+    discounted = [
+        tl.rein.discount_episode_rewards(e.rewards.astype(np.float32), gamma_value)
+        for e in episodes
+    ]
+    returns = np.concatenate(discounted)
+    last_points = [np.flatnonzero(e.rewards).max(initial=-1) for e in episodes]
     decided = np.concatenate(
-        [np.arange(e.steps) <= np.flatnonzero(e.rewards).max(initial=-1) for e in episodes]
+        [np.arange(e.steps) <= last for e, last in zip(episodes, last_points, strict=True)]
     )
     centred = returns[decided] - returns[decided].mean()
     std = centred.std()
@@ -220,39 +233,42 @@ def require_finite(tensors, problem):
 
 
 def sparse_product(frames, weights):
-    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone (frames^T @ upstream, by
-    an explicit transpose: adjoint_a=True sums in an order that varies from call to call, so reruns would drift)."""
+    """frames @ weights for a CSR matrix of frames, with a gradient for the weights alone
+    (frames^T @ upstream, by an explicit transpose: adjoint_a=True sums in an order that varies from
+    call to call, so reruns would drift)."""
 
     @tf.custom_gradient
     def product(w):
-        return csr.sparse_matrix_mat_mul(frames, w), lambda upstream: csr.sparse_matrix_mat_mul(
-            csr.sparse_matrix_transpose(frames, tf.float32), upstream
-        )
+        def gradient(upstream):
+            transposed = csr.sparse_matrix_transpose(frames, tf.float32)
+            return csr.sparse_matrix_mat_mul(transposed, upstream)
+
+        return csr.sparse_matrix_mat_mul(frames, w), gradient
 
     return product(weights)
 
 
 def make_gradient_fn(model):
-    """A compiled function: gradient of the tutorial's loss on one chunk of n_steps difference frames, given as
-    (step, pixel) indices and signs. The model's layers, with a sparse product in the first."""
-    hidden_layer, output_layer = model.get_layer("hidden"), model.get_layer("output")
+    """A compiled function: gradient of the tutorial's loss on one chunk of n_steps difference
+    frames, given as (step, pixel) indices and signs. The model's layers, with a sparse product in
+    the first."""
+    hidden_layer = model.get_layer("hidden")
+    output_layer = model.get_layer("output")
+    signature = [
+        tf.TensorSpec([None, 2], tf.int64),  # (step, pixel) of each changed pixel
+        tf.TensorSpec([None], tf.float32),  # its sign
+        tf.TensorSpec([], tf.int64),  # steps in the chunk
+        tf.TensorSpec([None], tf.int32),  # each step's action label
+        tf.TensorSpec([None], tf.float32),  # each step's return
+    ]
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, 2], tf.int64),
-            tf.TensorSpec([None], tf.float32),
-            tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.float32),
-        ]
-    )
+    @tf.function(input_signature=signature)
     def chunk_gradient(indices, signs, n_steps, labels, returns):
         with tf.GradientTape() as tape:
             dense_shape = tf.stack([n_steps, hidden_layer.W.shape[0]])
             frames = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
-            logits = output_layer(
-                hidden_layer.act(sparse_product(frames, hidden_layer.W) + hidden_layer.b)
-            )
+            hidden_in = sparse_product(frames, hidden_layer.W) + hidden_layer.b
+            logits = output_layer(hidden_layer.act(hidden_in))
             loss = tl.rein.cross_entropy_reward_loss(logits, labels, returns)
         return tape.gradient(loss, model.trainable_weights)
 
@@ -262,8 +278,8 @@ def make_gradient_fn(model):
 
 @dataclasses.dataclass
 class Episode:
-    """One played episode, compactly: per step the changed pixels (their indices and signs end to end for all
-    steps), the action's label and the reward."""
+    """One played episode, compactly: per step the changed pixels (their indices and signs end to
+    end for all steps), the action's label and the reward."""
 
     number: int
     nnz: np.ndarray  # changed pixels per step, int16
@@ -309,28 +325,30 @@ def concatenate(episodes):
 def update_policy(
     model, optimizer, gradient_fn, episodes, gamma_value, chunk_steps=UPDATE_CHUNK_STEPS
 ):
-    """One RMSProp step on the batch. The loss sums over steps, so chunks' gradients add up: exact, in bounded memory."""
+    """One RMSProp step on the batch. The loss sums over steps, so chunks' gradients add up: exact,
+    in bounded memory."""
     returns = batch_returns(episodes, gamma_value)
     batch = concatenate(episodes)
     row_ends = np.cumsum(batch.nnz, dtype=np.int64)
     total = [tf.zeros_like(w) for w in model.trainable_weights]
     for start in range(0, batch.steps, chunk_steps):
         stop = min(start + chunk_steps, batch.steps)
-        lo, hi = (row_ends[start - 1] if start else 0), row_ends[stop - 1]
+        first_pixel = row_ends[start - 1] if start else 0
+        end_pixel = row_ends[stop - 1]
         rows = np.repeat(np.arange(stop - start, dtype=np.int64), batch.nnz[start:stop])
-        indices = np.stack([rows, batch.indices[lo:hi].astype(np.int64)], axis=1)
+        pixels = batch.indices[first_pixel:end_pixel].astype(np.int64)
         grads = gradient_fn(
-            indices,
-            batch.signs[lo:hi].astype(np.float32),
+            np.stack([rows, pixels], axis=1),
+            batch.signs[first_pixel:end_pixel].astype(np.float32),
             np.int64(stop - start),
             batch.labels[start:stop].astype(np.int32),
             returns[start:stop].astype(np.float32),
         )
-        total = [t + g for t, g in zip(total, grads)]
+        total = [t + g for t, g in zip(total, grads, strict=True)]
     require_finite(
         total, "the batch's gradient is not finite (NaN or infinity) and was not applied"
     )
-    optimizer.apply_gradients(zip(total, model.trainable_weights))
+    optimizer.apply_gradients(zip(total, model.trainable_weights, strict=True))
     require_finite(
         model.trainable_weights, "the update made the weights non-finite (NaN or infinity)"
     )
@@ -338,8 +356,9 @@ def update_policy(
 
 
 def make_optimizer(model, learning_rate_value, decay_rate_value):
-    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras' RMSprop: its mean square starts at 1,
-    not 0, so the first updates step by about lr * g, not 10 * lr * sign(g) (docs/how-it-works.md)."""
+    """The tutorial's tf.train.RMSPropOptimizer (TensorFlow 1), not Keras' RMSprop: its mean square
+    starts at 1, not 0, so the first updates step by about lr * g, not 10 * lr * sign(g)
+    (docs/how-it-works.md)."""
     optimizer = tf.compat.v1.train.RMSPropOptimizer(learning_rate_value, decay=decay_rate_value)
     # Its slots appear at the first apply_gradients. A zero gradient creates
     # them without moving any weight; the mean square then goes back to 1.
@@ -350,8 +369,8 @@ def make_optimizer(model, learning_rate_value, decay_rate_value):
 
 
 def mean_squares(optimizer, model):
-    """RMSProp's state by checkpoint name: each weight's mean square of its gradient. (Its other slot, momentum,
-    holds only the last step: with momentum 0 it never enters the next one.)"""
+    """RMSProp's state by checkpoint name: each weight's mean square of its gradient. (Its other
+    slot, momentum, holds only the last step: with momentum 0 it never enters the next one.)"""
     return {
         "mean_square/" + weight_key(w): optimizer.get_slot(w, "rms")
         for w in model.trainable_weights
@@ -360,38 +379,43 @@ def mean_squares(optimizer, model):
 
 # --- Checkpoints -----------------------------------------------------------
 
-SETTINGS = (
-    "learning_rate",
-    "decay_rate",
-    "gamma",
-    "batch_size",
-)  # kept in a checkpoint as config/NAME
+SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept as config/NAME
+
+
+def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings):
+    """Everything a checkpoint holds, by name: plain numpy arrays, no pickle."""
+    hidden_w = model.get_layer("hidden").W
+    batch = concatenate(pending)
+    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
+    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
+    arrays.update({f"config/{name}": np.asarray(value) for name, value in settings.items()})
+    running_mean_or_nan = np.nan if running_mean is None else running_mean
+    arrays.update(
+        {
+            "state/format": np.int64(CHECKPOINT_FORMAT),
+            "state/episode": np.int64(episode),
+            "state/running_mean": np.float64(running_mean_or_nan),
+            "config/input_size": np.int64(hidden_w.shape[0]),
+            "config/hidden": np.int64(hidden_w.shape[1]),
+            "pending/steps": np.array([e.steps for e in pending], np.int64),
+            "pending/numbers": np.array([e.number for e in pending], np.int64),
+            "pending/nnz": batch.nnz,
+            "pending/indices": batch.indices,
+            "pending/signs": batch.signs,
+            "pending/labels": batch.labels,
+            "pending/rewards": batch.rewards,
+        }
+    )
+    return arrays
 
 
 def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
-    """Write weights, RMSProp state, counters, settings and the unfinished batch to path atomically (a temporary
-    file, then os.replace). Non-finite weights are refused: the last good file stays."""
-    require_finite(
-        model.trainable_weights, "the weights are not finite (NaN or infinity) and were not saved"
-    )
-    hidden_w, batch = model.get_layer("hidden").W, concatenate(pending)
-    arrays = {
-        **{weight_key(w): w.numpy() for w in model.trainable_weights},
-        **{name: v.numpy() for name, v in mean_squares(optimizer, model).items()},
-        **{f"config/{name}": np.asarray(value) for name, value in (settings or {}).items()},
-        "state/format": np.int64(CHECKPOINT_FORMAT),
-        "state/episode": np.int64(episode),
-        "state/running_mean": np.float64(np.nan if running_mean is None else running_mean),
-        "config/input_size": np.int64(hidden_w.shape[0]),
-        "config/hidden": np.int64(hidden_w.shape[1]),
-        "pending/steps": np.array([e.steps for e in pending], np.int64),
-        "pending/numbers": np.array([e.number for e in pending], np.int64),
-        "pending/nnz": batch.nnz,
-        "pending/indices": batch.indices,
-        "pending/signs": batch.signs,
-        "pending/labels": batch.labels,
-        "pending/rewards": batch.rewards,
-    }
+    """Write weights, RMSProp state, counters, settings and the unfinished batch to path
+    atomically (a temporary file, then os.replace). Non-finite weights are refused: the last good
+    file stays."""
+    problem = "the weights are not finite (NaN or infinity) and were not saved"
+    require_finite(model.trainable_weights, problem)
+    arrays = checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
@@ -400,30 +424,39 @@ def save_checkpoint(path, model, optimizer, episode, running_mean, pending, sett
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except (
-        BaseException
-    ) as error:  # a full disk, say: the previous checkpoint stays, the half-written one goes
+    except BaseException as error:  # a full disk, say: the last checkpoint stays, the torn one goes
         with contextlib.suppress(OSError):
             os.remove(temporary)
-        if isinstance(error, OSError):
-            error.filename, error.filename2 = (
-                path,
-                None,
-            )  # a failed write names no file: name the checkpoint
+        if isinstance(error, OSError):  # a failed write names no file: name the checkpoint
+            error.filename = path
+            error.filename2 = None
         raise
 
 
-def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
-    """Load and check a checkpoint (numpy only, no pickle). Raises CheckpointError."""
+def load_arrays(path):
+    """A checkpoint's arrays, read without pickle. A file that is not an .npz archive, or holds
+    Python objects, is not one this script wrote: say so, and never suggest unpickling it."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a checkpoint this script wrote (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            return {name: data[name] for name in data.files}
+    except ValueError:  # an array of Python objects, which only pickle could read
+        raise CheckpointError(
+            f"{path} is not a checkpoint this script wrote (it holds Python objects)"
+        ) from None
     except Exception as error:
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"
         ) from None
+
+
+def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size):
+    """Load and check a checkpoint (numpy only, no pickle) for a network of hidden_units (None: the
+    checkpoint's own, as --play takes it). Raises CheckpointError."""
+    arrays = load_arrays(path)
     if "state/format" not in arrays:
         raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
     if int(arrays["state/format"]) != CHECKPOINT_FORMAT:
@@ -431,6 +464,8 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
             f"{path} has checkpoint format {int(arrays['state/format'])}; "
             f"this script reads format {CHECKPOINT_FORMAT} only"
         )
+    if hidden_units is None:
+        hidden_units = len(arrays.get("hidden/biases", ()))
     shapes = {
         "hidden/weights": (input_size, hidden_units),
         "hidden/biases": (hidden_units,),
@@ -459,26 +494,30 @@ def read_checkpoint(path, hidden_units, input_size=image_size * image_size):
     return arrays
 
 
+def pending_episodes(arrays):
+    """The unfinished batch a checkpoint holds, split back into its episodes."""
+    if len(arrays.get("pending/steps", ())) == 0:
+        return []
+    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
+    nnz = np.split(arrays["pending/nnz"], step_cuts)
+    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
+    indices = np.split(arrays["pending/indices"], pixel_cuts)
+    signs = np.split(arrays["pending/signs"], pixel_cuts)
+    labels = np.split(arrays["pending/labels"], step_cuts)
+    rewards = np.split(arrays["pending/rewards"], step_cuts)
+    fields = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards, strict=True)
+    return [Episode(int(number), *rest) for number, *rest in fields]
+
+
 def restore(arrays, model, optimizer):
-    """Assign a read checkpoint; return (episode, running mean, the unfinished batch split back into episodes)."""
+    """Assign a read checkpoint; return (episode, running mean, the unfinished batch)."""
     for weight in model.trainable_weights:
         weight.assign(arrays[weight_key(weight)])
     for name, mean_square in mean_squares(optimizer, model).items():
         mean_square.assign(arrays[name])
-    running_mean, pending = float(arrays["state/running_mean"]), []
-    if "pending/steps" in arrays:
-        step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
-        nnz = np.split(arrays["pending/nnz"], step_cuts)
-        pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
-        indices, signs = (
-            np.split(arrays[name], pixel_cuts) for name in ("pending/indices", "pending/signs")
-        )
-        labels, rewards = (
-            np.split(arrays[name], step_cuts) for name in ("pending/labels", "pending/rewards")
-        )
-        episodes = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards)
-        pending = [Episode(int(number), *fields) for number, *fields in episodes]
-    return int(arrays["state/episode"]), (None if np.isnan(running_mean) else running_mean), pending
+    running_mean = float(arrays["state/running_mean"])
+    running_mean_or_none = None if np.isnan(running_mean) else running_mean
+    return int(arrays["state/episode"]), running_mean_or_none, pending_episodes(arrays)
 
 
 # --- Playing ---------------------------------------------------------------
@@ -486,16 +525,14 @@ def restore(arrays, model, optimizer):
 
 def make_env(env_seed, render_mode=None):
     if render_mode == "human":
-        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes with the LLVM inside TensorFlow
-        # (a segfault); SDL's software renderer needs no GL. The game is silent, so no audio device either.
-        for name, value in (
-            ("SDL_RENDER_DRIVER", "software"),
-            ("SDL_FRAMEBUFFER_ACCELERATION", "0"),
-            ("SDL_AUDIODRIVER", "dummy"),
-        ):
-            os.environ.setdefault(name, value)
-    # The bare emulator env, without gymnasium's checking wrappers, and with RAM as its observation: 128 bytes,
-    # where RGB would be converted every step. prepro reads the screen's palette indices instead.
+        # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes with the LLVM inside
+        # TensorFlow (a segfault); SDL's software renderer needs no GL. The game is silent, so no
+        # audio device either.
+        os.environ.setdefault("SDL_RENDER_DRIVER", "software")
+        os.environ.setdefault("SDL_FRAMEBUFFER_ACCELERATION", "0")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    # The bare emulator env, without gymnasium's checking wrappers, and with RAM as its observation:
+    # 128 bytes, where RGB would be converted every step. prepro reads the screen's palette indices.
     env = gym.make("Pong-v0", obs_type="ram", render_mode=render_mode).unwrapped
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
@@ -503,7 +540,8 @@ def make_env(env_seed, render_mode=None):
 
 @dataclasses.dataclass
 class Recording:
-    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale block."""
+    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale
+    block."""
 
     directory: str
     every: int
@@ -516,15 +554,19 @@ class Recording:
 
 
 class Video:
-    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30 frames a second,
-    or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the first `limit` frames only."""
+    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30
+    frames a second, or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the
+    first `limit` frames only."""
 
     def __init__(self, path, scale, limit=None):
         import imageio.v2 as imageio  # only needed with --record
 
-        self.path, self.scale, self.limit, self.frames = path, scale, limit, 0
+        self.path = path
+        self.scale = scale
+        self.limit = limit
+        self.frames = 0
         if path.endswith(".gif"):  # Pillow's writer: an exact palette, as Pong has 9 colours
-            self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts in 1/100 s
+            self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts 1/100 s
         else:
             self.writer = imageio.get_writer(
                 path,
@@ -544,18 +586,22 @@ class Video:
         self.writer.close()
 
 
+def point_line(number, game, seconds, reward):
+    """The tutorial's line for a point; !!!!!!!! when the network won it."""
+    cheer = "  !!!!!!!!" if reward > 0 else ""
+    return f"episode {number}: game {game} took {seconds:.5f}s, reward: {reward:f}{cheer}"
+
+
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
-    """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps; return it
-    as an Episode, or None if told to stop part-way. say() gets one line per point."""
+    """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps;
+    return it as an Episode, or None if told to stop part-way. say() gets one line per point."""
     env.reset()
     screen = env.ale.getScreen()
-    previous, steps, game, started = (
-        prepro(screen),
-        [],
-        0,
-        time.perf_counter(),
-    )  # the first step sees no motion
-    point_started, terminated, truncated = started, False, False
+    previous = prepro(screen)  # the first step sees no motion
+    steps = []
+    game = 0
+    started = point_started = time.perf_counter()
+    terminated = truncated = False
     try:
         if video is not None:  # one frame per observation: the first, then one after each step
             video.add(env.ale.getScreenRGB())
@@ -573,15 +619,13 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
             steps.append((changed, changed_signs, action - 1, reward))
             if reward != 0:
                 now = time.perf_counter()
-                say(
-                    f"episode {number}: game {game} took {now - point_started:.5f}s, reward: {reward:f}"
-                    + ("  !!!!!!!!" if reward > 0 else "")
-                )
-                game, point_started = game + 1, now
+                say(point_line(number, game, now - point_started, reward))
+                game += 1
+                point_started = now
     finally:
         if video is not None:
             video.close()
-    indices, signs, labels, rewards = zip(*steps)
+    indices, signs, labels, rewards = zip(*steps, strict=True)
     return Episode(
         number,
         np.array([len(i) for i in indices], np.int16),
@@ -594,8 +638,8 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
 
 
 def seeds(*entropy):
-    """An emulator seed and an action-sampling generator from (seed, first episode, ...): a resumed run draws
-    fresh numbers instead of replaying the first run's."""
+    """An emulator seed and an action-sampling generator from (seed, first episode, ...): a resumed
+    run draws fresh numbers instead of replaying the first run's."""
     sequence = np.random.SeedSequence(list(entropy))
     return int(sequence.generate_state(1)[0]), np.random.default_rng(sequence)
 
@@ -613,9 +657,8 @@ class LocalPlayer:
             path = self.recording and self.recording.path(number)
             video = path and Video(path, self.recording.scale, self.recording.gif_steps)
             episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
-            if (
-                episode is None
-            ):  # an unfinished episode leaves no video (ffmpeg makes the file at the first frame)
+            if episode is None:
+                # An unfinished episode leaves no video (ffmpeg makes the file at the first frame).
                 if path and os.path.exists(path):
                     os.remove(path)
                 return
@@ -626,22 +669,24 @@ class LocalPlayer:
 
 
 def worker_main(connection, trainer_ends, entropy, recording):
-    """A worker process: plays each episode it is sent, by number, with the weights sent with it, and sends back
-    point lines and finished episodes. It ends when the trainer has gone, however: its next recv or send fails."""
-    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then stops us.
+    """A worker process: plays each episode it is sent, by number, with the weights sent with it,
+    and sends back point lines and finished episodes. It ends when the trainer has gone, however:
+    its next recv or send fails."""
+    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then
+    # stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for (
-        end
-    ) in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open after it dies
+    for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open
         end.close()
+
+    def send_line(line):
+        connection.send(("line", line))
+
     try:
         player = LocalPlayer(entropy, None, recording)
         while True:
             number, weights = connection.recv()
-            for episode in player.play(
-                weights, [number], lambda line: connection.send(("line", line)), lambda: False
-            ):
+            for episode in player.play(weights, [number], send_line, lambda: False):
                 connection.send(("episode", episode))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the trainer has gone: nothing left to do
@@ -651,48 +696,60 @@ def worker_main(connection, trainer_ends, entropy, recording):
 
 
 class WorkerPool:
-    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in one
-    process, all with the same weights."""
+    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in
+    one process, all with the same weights. Worker 0 draws the plain loop's numbers and plays the
+    first episode, so that episode is the same whatever --envs is."""
 
     def __init__(self, count, entropy, recording=None):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
-        self.connections, self.processes, self.playing, self.recording = [], [], {}, recording
+        self.connections = []
+        self.processes = []
+        self.playing = {}  # connection -> the episode number its worker plays
+        self.recording = recording
         for i in range(count):
             ours, theirs = context.Pipe()
+            worker_entropy = entropy + (i,) if i else entropy
             process = context.Process(
                 target=worker_main,
                 daemon=True,
-                args=(theirs, self.connections + [ours], entropy + (i,), recording),
+                args=(theirs, self.connections + [ours], worker_entropy, recording),
             )
             process.start()
             theirs.close()
             self.connections.append(ours)
             self.processes.append(process)
 
+    def receive(self, connection):
+        """A worker's next message: ("line", text) or ("episode", Episode)."""
+        try:
+            kind, payload = connection.recv()
+        except EOFError:
+            raise WorkerError("an episode worker process died (killed from outside?)") from None
+        if kind == "error":
+            raise WorkerError(f"an episode worker process failed: {payload}")
+        return kind, payload
+
     def play(self, weights, numbers, say, should_stop):
-        """Yield the episodes in order of number, whichever worker finishes first. The log reads as if they were
-        played in turn: the oldest unfinished episode's point lines are said as they come, later ones' held."""
-        todo, idle, finished, held = list(numbers), list(self.connections), {}, {}
+        """Yield the episodes in order of number, whichever worker finishes first. The log reads as
+        if they were played in turn: the oldest unfinished episode's point lines are said as they
+        come, later ones' held."""
+        todo = list(numbers)
+        idle = list(self.connections)
+        finished = {}
+        held = {}
         for number in numbers:
             for line in held.pop(number, []):
                 say(line)
             while number not in finished:
                 while todo and idle:
-                    connection = idle.pop()
+                    connection = idle.pop(0)
                     self.playing[connection] = todo.pop(0)
                     connection.send((self.playing[connection], weights))
                 if should_stop():
                     return
                 for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
-                    try:
-                        kind, payload = connection.recv()
-                    except EOFError:
-                        raise WorkerError(
-                            "an episode worker process died (killed from outside?)"
-                        ) from None
-                    if kind == "error":
-                        raise WorkerError(f"an episode worker process failed: {payload}")
+                    kind, payload = self.receive(connection)
                     if kind == "line" and self.playing[connection] == number:
                         say(payload)
                     elif kind == "line":
@@ -703,22 +760,21 @@ class WorkerPool:
             yield finished.pop(number)
 
     def close(self):
-        for connection, process in zip(self.connections, self.processes):
+        for connection, process in zip(self.connections, self.processes, strict=True):
             connection.close()
             process.kill()
             process.join()
         for number in self.playing.values():  # unfinished episodes leave no broken videos
-            if self.recording and (path := self.recording.path(number)) and os.path.exists(path):
+            path = self.recording and self.recording.path(number)
+            if path and os.path.exists(path):
                 os.remove(path)
 
 
 def make_player(args, first_episode, record_every_value):
     entropy = (args.seed, first_episode)
-    recording = (
-        Recording(args.record, record_every_value, args.record_scale, args.record_gif)
-        if args.record
-        else None
-    )
+    recording = None
+    if args.record:
+        recording = Recording(args.record, record_every_value, args.record_scale, args.record_gif)
     if args.envs == 1 or args.render:
         return LocalPlayer(entropy, "human" if args.render else None, recording)
     return WorkerPool(args.envs, entropy, recording)
@@ -736,24 +792,212 @@ def stop_flag():
     return requested.is_set
 
 
-def read_progress(path):
-    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line end) and
-    well-formed: an episode number, finite numbers, a wall time. One line says how many others were skipped."""
-    with open(
-        path, newline="", errors="replace"
-    ) as f:  # bytes that are not UTF-8 make their row malformed
+def running_mean_after(running_mean, reward):
+    """The tutorial's running mean of the episode reward (the first episode starts it)."""
+    return reward if running_mean is None else running_mean * 0.99 + reward * 0.01
+
+
+class Training:
+    """A training run's state: the policy, its optimizer, the episode counter, the running mean,
+    the unfinished batch and the log. A --restart's run lives in `staging` until its first save
+    replaces the old run with it."""
+
+    def __init__(self, args, path, staging, arrays):
+        self.args = args
+        self.path = path
+        self.directory = os.path.dirname(path) or "."
+        self.staging = staging
+        self.log = None
+        self.model = build_policy(args.hidden, args.seed, args.init)
+        self.optimizer = make_optimizer(self.model, args.learning_rate, args.decay_rate)
+        self.episode = 0
+        self.running_mean = None
+        self.batch = []
+        if arrays is not None:
+            self.episode, self.running_mean, self.batch = restore(
+                arrays, self.model, self.optimizer
+            )
+            mean = "none yet" if self.running_mean is None else f"{self.running_mean:f}"
+            print(f"resumed from {path} at episode {self.episode}, running mean {mean}")
+            if changes := settings_changed(arrays, args):
+                print("settings changed since the checkpoint: " + ", ".join(changes))
+        self.model.eval()
+        print_policy(self.model)
+        self.gradient_fn = make_gradient_fn(self.model)
+        self.log = ProgressLog(staging or self.directory, self.episode)
+
+    def weights(self):
+        return [w.numpy() for w in self.model.trainable_weights]
+
+    def add(self, episode):
+        """A finished episode: its line, the running mean, the log and the batch."""
+        self.running_mean = running_mean_after(self.running_mean, episode.reward)
+        print(
+            f"resetting env. episode reward total was {episode.reward:f}. "
+            f"running mean: {self.running_mean:f}"
+        )
+        self.log.add(episode, self.running_mean)
+        self.batch.append(episode)
+        self.episode += 1
+
+    def update(self):
+        """One RMSProp step on the batch, which then starts afresh."""
+        started = time.perf_counter()
+        steps = update_policy(
+            self.model, self.optimizer, self.gradient_fn, self.batch, self.args.gamma
+        )
+        print(
+            f"batch over ({len(self.batch)} episodes, {steps} steps)...... updated parameters "
+            f"in {time.perf_counter() - started:.2f}s"
+        )
+        self.batch = []
+
+    def save(self):
+        """The checkpoint; a --restart's first save then replaces the old run's files."""
+        self.log.summary.flush()  # first: the log may run ahead of the checkpoint, never behind it
+        name = os.path.basename(self.path)
+        settings = {setting: getattr(self.args, setting) for setting in SETTINGS}
+        save_checkpoint(
+            os.path.join(self.staging or self.directory, name),
+            self.model,
+            self.optimizer,
+            self.episode,
+            self.running_mean,
+            self.batch,
+            settings,
+        )
+        if self.staging is None:
+            return
+        self.log.close()
+        open(os.path.join(self.staging, "saved"), "w").close()
+        finish_restart(self.directory, name)
+        self.staging = None
+        self.log = ProgressLog(self.directory, self.episode)
+
+    def close(self):
+        if self.log is not None:
+            self.log.close()
+
+
+def progress_line(training, first_episode, steps_played, elapsed):
+    """Every save_every episodes: the speed so far and the running mean."""
+    per_hour = (training.episode - first_episode) / elapsed * 3600
+    return (
+        f"episode {training.episode}: {per_hour:.0f} episodes/hour, "
+        f"{steps_played / elapsed:.0f} agent steps/s, "
+        f"elapsed {datetime.timedelta(seconds=round(elapsed))}, "
+        f"running mean {training.running_mean:f}; saved {training.path}"
+    )
+
+
+def train_loop(training, player, stop):
+    """The tutorial's loop: play a batch of episodes with the current policy, update it, and save
+    every save_every episodes, until told to stop or --episodes are played."""
+    args = training.args
+    first_episode = training.episode
+    last_episode = None if args.episodes is None else first_episode + args.episodes
+    if training.batch and training.episode % args.batch_size == 0:
+        training.update()  # a whole batch that an older version left pending
+    started = time.perf_counter()
+    steps_played = 0
+    while not stop() and (last_episode is None or training.episode < last_episode):
+        batch_end = (training.episode // args.batch_size + 1) * args.batch_size
+        if last_episode is not None:
+            batch_end = min(batch_end, last_episode)
+        numbers = range(training.episode, batch_end)
+        for episode in player.play(training.weights(), numbers, print, stop):
+            training.add(episode)
+            steps_played += episode.steps
+        if training.episode % args.batch_size == 0 and training.batch:
+            training.update()  # even when told to stop: a whole batch is never carried over
+        saves_before = (training.episode - len(numbers)) // args.save_every
+        if training.episode // args.save_every > saves_before and not stop():
+            training.save()
+            elapsed = time.perf_counter() - started
+            print(progress_line(training, first_episode, steps_played, elapsed))
+    if training.episode > first_episode:  # a stop before the first episode overwrites nothing
+        training.save()
+        print(f"saved checkpoint to {training.path} (episode {training.episode})")
+
+
+def train(args):
+    stop = stop_flag()
+    path = checkpoint_path(args)
+    arrays, staging, lock = claim_folder(args, path)  # the lock is held until train() returns
+    first_episode = 0 if arrays is None else int(arrays["state/episode"])
+    player = make_player(args, first_episode, args.record_every)  # before TensorFlow's threads
+    training = None
+    try:
+        training = Training(args, path, staging, arrays)
+        train_loop(training, player, stop)
+    except NonFiniteError as error:
+        intact = saved_state(path, args.hidden, naming_it=True)
+        episode = training.episode if training else first_episode
+        fail(f"training stopped at episode {episode}, nothing saved: {error}; {intact}", status=1)
+    except WorkerError as error:  # the episodes played so far are whole: keep them
+        training.save()
+        fail(f"training stopped at episode {training.episode}: {error}; saved {path}", status=1)
+    finally:
+        player.close()
+        if training is not None:
+            training.close()
+            staging = training.staging
+        if staging is not None:  # a restart that never saved: the old run stays as it was
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- The run's folder: checkpoint, progress log, lock ------------------------
+
+
+def checkpoint_path(args):
+    return args.model or os.path.join(args.model_dir, model_file_name + ".npz")
+
+
+WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
+
+
+def read_progress(path, say_skipped=True):
+    """progress.csv's rows that are whole (a hard kill may leave a torn last row, without its line
+    end) and well-formed: an episode number, finite numbers, a wall time. One line says how many
+    others were skipped."""
+    # Bytes that are not UTF-8 make their row malformed.
+    with open(path, newline="", errors="replace") as f:
         lines = f.read().splitlines(keepends=True)[1:]
     rows = []
     for line in lines:
         with contextlib.suppress(csv.Error, StopIteration, ValueError):
             row = dict(zip(ProgressLog.FIELDS, next(csv.reader([line])), strict=True))
             datetime.datetime.fromisoformat(row["wall_time"])
-            numbers_finite = all(np.isfinite(float(row[name])) for name in ProgressLog.FIELDS[1:-1])
-            if line.endswith("\n") and int(row["episode"]) >= 0 and numbers_finite:
+            numbers = [float(row[name]) for name in ProgressLog.FIELDS[1:-1]]
+            if line.endswith("\n") and int(row["episode"]) >= 0 and np.isfinite(numbers).all():
                 rows.append(row)
-    if len(lines) > len(rows):
+    if say_skipped and len(lines) > len(rows):
         print(f"{path}: skipped {len(lines) - len(rows)} torn or malformed rows")
     return rows
+
+
+def progress_rows(folder, episodes_wanted=math.inf, say_skipped=False):
+    """A folder's progress.csv rows for episodes 0..episodes_wanted-1, each once, in order, up to
+    the first missing one (a resume rewrites the file whole); none if there is no file."""
+    try:
+        rows = read_progress(os.path.join(folder, "progress.csv"), say_skipped)
+    except FileNotFoundError:
+        return []
+    by_episode = {}
+    for row in rows:
+        by_episode.setdefault(int(row["episode"]), row)
+    ordered = []
+    while len(ordered) < episodes_wanted and len(ordered) in by_episode:
+        ordered.append(by_episode[len(ordered)])
+    return ordered
+
+
+def hours_trained(rows):
+    """The hours of training up to each row: the wall-clock between episodes, leaving out the gaps
+    of stops."""
+    times = [datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows]
+    gaps = np.diff(np.array(times), prepend=times[:1])
+    return np.cumsum(np.where((gaps >= 0) & (gaps < WALL_GAP_SECONDS), gaps, 0)) / 3600
 
 
 class ProgressLog:
@@ -776,7 +1020,8 @@ class ProgressLog:
         board = os.path.join(directory, "tensorboard")
         kept = []
         if first_episode > 0 and os.path.exists(self.path):
-            # Each episode once, in order; rows past the checkpoint are a run's that died before saving.
+            # Each episode once, in order; rows past the checkpoint are a run's that died before
+            # saving.
             rows = {int(row["episode"]): row for row in read_progress(self.path)}
             kept = [rows[number] for number in sorted(rows) if number < first_episode]
         else:  # a fresh run: the old curves go with the old checkpoint
@@ -805,23 +1050,12 @@ class ProgressLog:
         self.writer.writerow(row)
         self.file.flush()  # each row in one whole write: a kill never leaves half of one behind
         with self.summary.as_default(step=episode.number):
-            for name in (
-                "reward",
-                "running_mean",
-                "points_won",
-                "points_lost",
-                "steps",
-                "seconds",
-            ):  # as in the csv
+            for name in self.FIELDS[1:-1]:  # as in the csv
                 tf.summary.scalar(f"episode/{name}", float(row[name]))
 
     def close(self):
         self.file.close()
         self.summary.close()
-
-
-def checkpoint_path(args):
-    return args.model or os.path.join(args.model_dir, model_file_name + ".npz")
 
 
 def writable_directory(path, purpose):
@@ -837,8 +1071,9 @@ def writable_directory(path, purpose):
 
 
 def lock_folder(directory):
-    """One training run per folder: a lock on directory/.lock, which the kernel releases when this process ends,
-    however it ends. A POSIX record lock (lockf), because forked workers do not inherit it."""
+    """One training run per folder: a lock on directory/.lock, which the kernel releases when this
+    process ends, however it ends. A POSIX record lock (lockf), because forked workers do not
+    inherit it."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock (see README)
@@ -849,8 +1084,8 @@ def lock_folder(directory):
     except (BlockingIOError, PermissionError):
         lock.seek(0)
         fail(
-            f"another training run (pid {lock.read().strip() or '?'}) is using {directory}: one run per folder "
-            "(--play and --plot work beside it)"
+            f"another training run (pid {lock.read().strip() or '?'}) is using {directory}: "
+            "one run per folder (--play and --plot work beside it)"
         )
     lock.truncate(0)
     print(os.getpid(), file=lock, flush=True)  # for the message of a second run
@@ -861,27 +1096,25 @@ def saved_state(path, hidden_units, naming_it=False):
     """For an error while training: the checkpoint that is still intact, if any."""
     try:
         episode = int(read_checkpoint(path, hidden_units)["state/episode"])
-        return f"the checkpoint {path + ' ' if naming_it else ''}of episode {episode} is intact"
     except CheckpointError as error:
         return str(error)
+    named = f"{path} " if naming_it else ""
+    return f"the checkpoint {named}of episode {episode} is intact"
 
 
 RESTART = ".restart"  # a --restart's new run lives in this subfolder until its first save
 
 
 def finish_restart(directory, checkpoint_name):
-    """Complete a --restart whose first save was under way (it marked its folder 'saved'), or drop one that never
-    saved: the old run stays whole."""
+    """Complete a --restart whose first save was under way (it marked its folder 'saved'), or drop
+    one that never saved: the old run stays whole."""
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
     saved = os.path.exists(os.path.join(staging, "saved"))
-    for name in (
-        checkpoint_name,
-        "progress.csv",
-        "tensorboard",
-    ):  # each move is redone until all are done
-        new, old = os.path.join(staging, name), os.path.join(directory, name)
+    for name in (checkpoint_name, "progress.csv", "tensorboard"):  # redone until all are done
+        new = os.path.join(staging, name)
+        old = os.path.join(directory, name)
         if saved and os.path.exists(new):
             if os.path.isdir(new):
                 shutil.rmtree(old, ignore_errors=True)
@@ -890,28 +1123,34 @@ def finish_restart(directory, checkpoint_name):
 
 
 def earlier_run(path, directory):
-    """What the folder holds of an earlier run ('' if nothing): a fresh start never destroys it unasked."""
+    """What the folder holds of an earlier run ('' if nothing): a fresh start never destroys it
+    unasked."""
     log = os.path.join(directory, "progress.csv")
     episodes = len(read_progress(log)) if os.path.exists(log) else 0
-    return " and ".join(
-        ([f"the checkpoint {path}"] if os.path.exists(path) else [])
-        + ([f"{episodes} episodes in {log}"] if episodes else [])
-    )
+    found = []
+    if os.path.exists(path):
+        found.append(f"the checkpoint {path}")
+    if episodes:
+        found.append(f"{episodes} episodes in {log}")
+    return " and ".join(found)
 
 
 def settings_changed(arrays, args):
-    """'--flag was -> now' for each setting the checkpoint was trained with that this run changes."""
-    return [
-        f"--{name.replace('_', '-')} {arrays['config/' + name].item()} -> {getattr(args, name)}"
-        for name in SETTINGS
-        if "config/" + name in arrays and arrays["config/" + name].item() != getattr(args, name)
-    ]
+    """'--flag was -> now' for each setting the checkpoint was trained with that this run
+    changes."""
+    changes = []
+    for name in SETTINGS:
+        trained = arrays.get("config/" + name)
+        if trained is not None and trained.item() != getattr(args, name):
+            changes.append(f"--{name.replace('_', '-')} {trained.item()} -> {getattr(args, name)}")
+    return changes
 
 
 def resumable(path, args):
     """The checkpoint --resume continues, checked; one line if it cannot be."""
     arrays = read_checkpoint(path, args.hidden)
-    pending, trained_batch = len(arrays.get("pending/steps", [])), arrays.get("config/batch_size")
+    pending = len(arrays.get("pending/steps", []))
+    trained_batch = arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
         fail(
             f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
@@ -920,34 +1159,23 @@ def resumable(path, args):
     return arrays
 
 
-def apply_update(model, optimizer, gradient_fn, batch, gamma_value):
-    started = time.perf_counter()
-    steps = update_policy(model, optimizer, gradient_fn, batch, gamma_value)
-    print(
-        f"batch over ({len(batch)} episodes, {steps} steps)...... updated parameters "
-        f"in {time.perf_counter() - started:.2f}s"
-    )
-
-
-def train(args):
-    stop = stop_flag()
-    path = checkpoint_path(args)
+def claim_folder(args, path):
+    """Lock the run's folder and tidy what a killed run left; return the checkpoint to resume
+    (None for a fresh start), the staging folder of a --restart (or None) and the lock."""
     directory = os.path.dirname(path) or "."
-    restart_left = os.path.isdir(
-        os.path.join(directory, RESTART)
-    )  # by a run killed during its first save
-    arrays, staging = (resumable(path, args) if args.resume and not restart_left else None), None
+    restart_left = os.path.isdir(os.path.join(directory, RESTART))  # a kill in a first save
+    arrays = resumable(path, args) if args.resume and not restart_left else None
     writable_directory(directory, "the checkpoint and logs")
     if os.path.isdir(path):
         fail(f"{path} is a directory, not a checkpoint file")
-    lock = lock_folder(directory)  # held until train() returns or the process dies
-    for stale in glob.glob(glob.escape(path) + ".*.tmp") + glob.glob(
-        glob.escape(directory) + "/progress.csv.*.tmp"
-    ):
-        os.remove(
-            stale
-        )  # half-written by a killed run: with the lock held, no one else writes here
+    lock = lock_folder(directory)
+    # Half-written by a killed run: with the lock held, no one else writes here.
+    stale = glob.glob(glob.escape(path) + ".*.tmp")
+    stale += glob.glob(glob.escape(directory) + "/progress.csv.*.tmp")
+    for temporary in stale:
+        os.remove(temporary)
     finish_restart(directory, os.path.basename(path))
+    staging = None
     if args.resume and restart_left:
         arrays = resumable(path, args)
     elif not args.resume and (found := earlier_run(path, directory)):
@@ -962,123 +1190,40 @@ def train(args):
             f"starting over: the run in {directory} is replaced when this one first saves "
             "(until then, stopping leaves it as it was)"
         )
-    first_episode = 0 if arrays is None else int(arrays["state/episode"])
-    episode, log = first_episode, None
-    player = make_player(
-        args, first_episode, args.record_every
-    )  # before TensorFlow starts its threads
-    try:
-        model = build_policy(args.hidden, args.seed, args.init)
-        optimizer = make_optimizer(model, args.learning_rate, args.decay_rate)
-        running_mean, batch = None, []
-        if arrays is not None:
-            episode, running_mean, batch = restore(arrays, model, optimizer)
-            print(
-                f"resumed from {path} at episode {episode}, running mean "
-                + ("none yet" if running_mean is None else f"{running_mean:f}")
-            )
-            if changes := settings_changed(arrays, args):
-                print("settings changed since the checkpoint: " + ", ".join(changes))
-        model.eval()
-        print_policy(model)
-        gradient_fn = make_gradient_fn(model)
-        log = ProgressLog(staging or directory, episode)
-        settings = {name: getattr(args, name) for name in SETTINGS}
-
-        def save():
-            nonlocal log, staging
-            log.summary.flush()  # first: the log may run ahead of the checkpoint, never behind it
-            save_checkpoint(
-                os.path.join(staging or directory, os.path.basename(path)),
-                model,
-                optimizer,
-                episode,
-                running_mean,
-                batch,
-                settings,
-            )
-            if staging is None:
-                return
-            log.close()  # a restart's first save: its files replace the old run's
-            open(os.path.join(staging, "saved"), "w").close()
-            finish_restart(directory, os.path.basename(path))
-            log, staging = ProgressLog(directory, episode), None
-
-        if (
-            batch and episode % args.batch_size == 0
-        ):  # a whole batch that an older version left pending
-            apply_update(model, optimizer, gradient_fn, batch, args.gamma)
-            batch = []
-        last_episode = None if args.episodes is None else episode + args.episodes
-        started, steps_played = time.perf_counter(), 0
-        while not stop() and (last_episode is None or episode < last_episode):
-            batch_end = (episode // args.batch_size + 1) * args.batch_size
-            numbers = range(
-                episode, batch_end if last_episode is None else min(batch_end, last_episode)
-            )
-            for done in player.play(
-                [w.numpy() for w in model.trainable_weights], numbers, print, stop
-            ):
-                running_mean = (
-                    done.reward
-                    if running_mean is None
-                    else running_mean * 0.99 + done.reward * 0.01
-                )
-                print(
-                    f"resetting env. episode reward total was {done.reward:f}. running mean: {running_mean:f}"
-                )
-                log.add(done, running_mean)
-                batch.append(done)
-                steps_played += done.steps
-                episode += 1
-            if (
-                episode % args.batch_size == 0 and batch
-            ):  # even when told to stop: a batch is never carried over whole
-                apply_update(model, optimizer, gradient_fn, batch, args.gamma)
-                batch = []
-            if (
-                episode // args.save_every > (episode - len(numbers)) // args.save_every
-                and not stop()
-            ):
-                save()
-                elapsed = time.perf_counter() - started
-                print(
-                    f"episode {episode}: {(episode - first_episode) / elapsed * 3600:.0f} episodes/hour, "
-                    f"{steps_played / elapsed:.0f} agent steps/s, elapsed {datetime.timedelta(seconds=round(elapsed))}, "
-                    f"running mean {running_mean:f}; saved {path}"
-                )
-        if episode > first_episode:  # a stop before the first episode writes nothing over anything
-            save()
-            print(f"saved checkpoint to {path} (episode {episode})")
-    except NonFiniteError as error:
-        fail(
-            f"training stopped at episode {episode}, nothing saved: {error}; "
-            + saved_state(path, args.hidden, naming_it=True),
-            status=1,
-        )
-    except WorkerError as error:  # the episodes played so far are whole: keep them
-        save()
-        fail(f"training stopped at episode {episode}: {error}; saved {path}", status=1)
-    finally:
-        player.close()
-        if log is not None:
-            log.close()
-        if staging is not None:  # a restart that never saved: the old run stays as it was
-            shutil.rmtree(staging, ignore_errors=True)
+    return arrays, staging, lock
 
 
 # --- Watching --------------------------------------------------------------
 
 
 def wilson_interval(successes, trials, z=1.96):
-    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n), it stays within [0, 1] and does
-    not shrink to a point at 0 of n or n of n."""
+    """The 95% Wilson score interval of a share: unlike p +- z*sqrt(p(1-p)/n), it stays within
+    [0, 1] and does not shrink to a point at 0 of n or n of n."""
     if trials == 0:
         return 0.0, 1.0
-    share, spread = successes / trials, z * z / trials
+    share = successes / trials
+    spread = z * z / trials
     centre = (share + spread / 2) / (1 + spread)
     half = z * (share * (1 - share) / trials + spread / (4 * trials)) ** 0.5 / (1 + spread)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def play_summary(results, path):
+    """--play's last line: games won with their 95% interval, points won, the mean reward."""
+    played = len(results)
+    games_won = sum(e.points_won > e.points_lost for e in results)
+    low, high = wilson_interval(games_won, played)
+    points_won = sum(e.points_won for e in results)
+    points_played = sum(e.points_won + e.points_lost for e in results)
+    mean_reward = np.mean([e.reward for e in results]) if results else 0
+    return (
+        f"played {played} episode{'' if played == 1 else 's'} with {path}: "
+        f"won {games_won} of {played} ({100 * games_won / max(played, 1):.0f}%, "
+        f"95% interval {100 * low:.0f}-{100 * high:.0f}%), "
+        f"points won {points_won} of {points_played} "
+        f"({100 * points_won / max(points_played, 1):.1f}%), "
+        f"mean episode reward {mean_reward:f}"
+    )
 
 
 def play(args):
@@ -1086,46 +1231,209 @@ def play(args):
     path = checkpoint_path(args)
     arrays = read_checkpoint(path, args.hidden)
     stop = stop_flag()
-    weights = [
-        arrays[name]
-        for name in ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
-    ]
+    weight_names = ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
+    weights = [arrays[name] for name in weight_names]
     results = []
     player = make_player(args, 0, 1)
     try:
         for episode in player.play(weights, range(args.play), lambda line: None, stop):
             results.append(episode)
-            won, lost = episode.points_won, episode.points_lost
+            won = episode.points_won
+            lost = episode.points_lost
             print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
     finally:
         player.close()
-    games_won = sum(e.points_won > e.points_lost for e in results)
-    low, high = wilson_interval(games_won, len(results))
-    won_points, played_points = (
-        sum(e.points_won for e in results),
-        sum(e.points_won + e.points_lost for e in results),
-    )
+    print(play_summary(results, path))
+
+
+# --- Learning curves: --plot ------------------------------------------------
+
+# The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
+# "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
+TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
+ALMOST_NEVER_LOSES = 30000
+MILESTONE_EVERY = 5000
+
+
+def progress_columns(folder):
+    """A model folder's progress.csv as columns of numbers, with the hours of training since
+    episode 0."""
+    source = os.path.join(folder, "progress.csv")
+    try:
+        with open(source):  # a missing file is an error here, not a run that has not started
+            pass
+        rows = progress_rows(folder, say_skipped=True)
+    except OSError as error:
+        fail(f"cannot read {source} ({error.strerror or error})")
+    if not rows:
+        fail(f"{source} has no episodes yet")
+    names = ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")
+    columns = {name: np.array([float(row[name]) for row in rows]) for name in names}
+    columns["hours"] = hours_trained(rows)
+    return columns
+
+
+def shares_won(run, window):
+    """Per cent of points and of games won over each `window` episodes in a row."""
+
+    def total(values):
+        return np.convolve(values, np.ones(window), "valid")
+
+    won = total(run["points_won"])
+    lost = total(run["points_lost"])
+    return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
+
+
+def crossings(run):
+    """Where the running mean first went above 0 (beating the built-in player), and where its last
+    stretch above 0 began: (first, last), episode indexes, None where there is none."""
+    above = run["running_mean"] > 0
+    below = np.flatnonzero(~above)
+    first = int(np.argmax(above)) if above.any() else None
+    last = int(below[-1]) + 1 if below.size else 0
+    return first, (last if last < len(above) else None)
+
+
+def seed_groups(folders):
+    """The lines of a plot: the seed-S folders of one sweep trial are one setting, drawn as their
+    mean and spread; any other folder is its own."""
+    groups = {}
+    for folder in folders:
+        path = os.path.normpath(folder)
+        is_seed = re.fullmatch(r"seed-\d+", os.path.basename(path))
+        groups.setdefault(os.path.dirname(path) if is_seed else folder, []).append(folder)
+    return groups
+
+
+def print_milestone_table(run, shares, window):
+    """The shares won over the window before each 5,000-episode mark, and over all since the
+    mark before."""
+    points, games = shares
+    episodes = len(run["episode"])
+    marks = [*range(MILESTONE_EVERY, episodes, MILESTONE_EVERY), episodes]
+    for start, mark in zip([0, *marks], marks, strict=False):
+        block = {name: values[start:mark] for name, values in run.items()}
+        block_points, block_games = (share[0] for share in shares_won(block, mark - start))
+        print(
+            f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
+            f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; "
+            f"episodes {start}-{mark - 1}: points won {block_points:5.1f}%, "
+            f"games won {block_games:5.1f}%"
+        )
+
+
+def print_milestones(folder, run, shares, window):
+    """The shares won before each 5,000-episode mark, where the running mean crossed 0, the best
+    stretch of `window` episodes, and when the tutorial's "almost never loses" was first met."""
+    points, games = shares
     print(
-        f"played {len(results)} episodes with {path}: won {games_won} of {len(results)} "
-        f"({100 * games_won / max(len(results), 1):.0f}%, 95% interval {100 * low:.0f}-{100 * high:.0f}%), "
-        f"points won {won_points} of {played_points} ({100 * won_points / max(played_points, 1):.1f}%), "
-        f"mean episode reward {np.mean([e.reward for e in results]) if results else 0:f}"
+        f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
+        f"over the {window} episodes before each mark, and over all since the mark before:"
     )
+    print_milestone_table(run, shares, window)
+    steps = np.cumsum(run["steps"])
+
+    def when(at):
+        return f"after {steps[at] / 1e6:.1f} million agent steps and {run['hours'][at]:.2f} hours"
+
+    labels = ("running mean first above 0", "above 0 from then on")
+    for label, at in zip(labels, crossings(run), strict=True):
+        where = "not yet"
+        if at is not None:
+            where = f"episode {at}, {when(at)} ({len(steps) - at} episodes ago)"
+        print(f"  {label}: {where}")
+    rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
+    best = []
+    for name, series, form in (
+        ("games won", games, "{:.1f}%"),
+        ("points won", points, "{:.1f}%"),
+        ("mean reward", rewards, "{:+.2f}"),
+    ):
+        at = int(np.argmax(series))
+        best.append(f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})")
+    print(f"  best {window} episodes in a row: " + ", ".join(best))
+    # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
+    reached = np.flatnonzero(games >= 90)
+    where = "not yet"
+    if reached.size:
+        end = int(reached[0]) + window - 1
+        where = f"first over episodes {end - window + 1}-{end}, {when(end)}"
+    print(f"  90% of games won over {window} episodes in a row: {where}")
+
+
+def draw_group(top, bottom, name, group, runs, shares, window):
+    """One line in each panel for a run, or for the seeds of one setting their mean, with a band
+    from the lowest to the highest seed."""
+    length = min(len(runs[folder]["episode"]) for folder in group)
+    episodes = runs[group[0]]["episode"][:length]
+    means = np.array([runs[folder]["running_mean"][:length] for folder in group])
+    points = np.array([shares[folder][0][: length - window + 1] for folder in group])
+    label = (
+        group[0] if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
+    )
+    (line,) = top.plot(
+        episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
+    )
+    colour = line.get_color()
+    later = episodes[window - 1 :]
+    bottom.plot(later, points.mean(0), linewidth=2, color=colour, label=f"{label}: points won")
+    if len(group) > 1:
+        top.fill_between(episodes, means.min(0), means.max(0), color=colour, alpha=0.2)
+        bottom.fill_between(later, points.min(0), points.max(0), color=colour, alpha=0.2)
+
+
+def draw_tutorial_claims(bottom, last_episode):
+    """The tutorial's claims as marks named in the legend, not as text that may cross a curve."""
+    claims = [(episodes, share) for episodes, share in TUTORIAL_CLAIMS if episodes <= last_episode]
+    if claims:
+        label = "tutorial: about " + ", ".join(f"{share}% at {n:,}" for n, share in claims)
+        bottom.plot(*zip(*claims, strict=True), "k*", markersize=10, label=label + " episodes")
+    if last_episode >= ALMOST_NEVER_LOSES:
+        label = f'tutorial: "almost never loses" after {ALMOST_NEVER_LOSES:,} episodes'
+        bottom.axvline(ALMOST_NEVER_LOSES, color="black", linestyle=":", linewidth=1, label=label)
 
 
 def plot(args):
-    """--plot [DIR ...]: sweep.py draws the curves, as it reads progress.csv files without TensorFlow."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    try:
-        import sweep
-    except ImportError as error:
-        fail(
-            f"--plot needs sweep.py beside {os.path.basename(__file__)}: it draws the curves ({error})"
+    """--plot [DIR ...]: the learning curves of model folders in one figure, learning_curve.png in
+    the folder (or the one holding them all), and for each a table of the shares won before each
+    milestone. Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folders = args.plot or [os.path.dirname(checkpoint_path(args)) or "."]
+    runs = {folder: progress_columns(folder) for folder in folders}
+    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
+    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
+    groups = seed_groups(folders)
+    if len(runs) == 1:  # one run: every episode as a dot behind its mean
+        (run,) = runs.values()
+        top.plot(
+            run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward"
         )
-    try:
-        return sweep.plot(args.plot or [os.path.dirname(checkpoint_path(args)) or "."])
-    except sweep.SweepError as error:
-        fail(error)
+    for name, group in groups.items():
+        draw_group(top, bottom, name, group, runs, shares, window)
+    for folder, run in runs.items():
+        print_milestones(folder, run, shares[folder], window)
+    draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
+    names = [group[0] if len(group) == 1 else name for name, group in groups.items()]
+    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
+    top.set_title("Pong from pixels: " + ", ".join(names), fontsize="medium")
+    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
+    for axis, even in (
+        (top, 0),
+        (bottom, 50),
+    ):  # the line of a game, or a point, won as often as lost
+        axis.axhline(even, color="grey", linewidth=0.8)
+        axis.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
+    output = os.path.join(common, "learning_curve.png")
+    figure.savefig(output, dpi=100)
+    print(f"wrote {output}")
+    return figure
 
 
 # --- Command line ----------------------------------------------------------
@@ -1153,160 +1461,192 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def parse_args(argv=None):
+def make_parser(with_defaults=True):
+    """The flags, each with its default from the block at the top (without_defaults, a flag not
+    given is left out, which tells which flags the command line set). One statement a flag: a
+    table as long as the list of flags."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="examples:\n" + __doc__.split("\n\n")[-1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # the examples as written
-    parser.error = lambda message: fail(
-        f"{message} (see --help)"
-    )  # bad flags: one line, not a usage block
-
-    def flag(*names, **options):  # --help gives a flag's default where it has one
-        suffix = "" if options.get("default") in (None, False) else " (default: %(default)s)"
-        parser.add_argument(*names, **{**options, "help": options["help"] + suffix})
-
-    flag(
-        "--render",
-        action="store_true",
-        default=render,
-        help="show the game in a window (needs a display; implies --envs 1)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples as written
     )
-    flag(
-        "--resume",
-        action="store_true",
-        default=resume,
-        help="continue training from the checkpoint",
-    )
+    parser.error = lambda message: fail(f"{message} (see --help)")  # one line, not a usage block
+
+    def flag(name, help, **options):
+        default = options.get("default")
+        if default not in (None, False):  # --help gives a flag's default where it has one
+            help += " (default: %(default)s)"
+        if not with_defaults:
+            options["default"] = argparse.SUPPRESS
+        parser.add_argument(name, help=help, **options)
+
+    true = "store_true"
+    flag("--render", "show the game in a window (needs a display)", action=true, default=render)
+    flag("--resume", "continue training from the checkpoint", action=true, default=resume)
     flag(
         "--restart",
-        action="store_true",
-        help="start afresh in a folder that holds a run: it is replaced when the new run first saves",
+        "start afresh in a folder that holds a run (replaced at the first save)",
+        action=true,
     )
     flag(
         "--episodes",
+        "play this many more episodes, save and exit (default: until Ctrl-C)",
         type=positive_int,
-        help="play this many more episodes, save and exit (default: until Ctrl-C)",
     )
-    flag("--batch-size", type=positive_int, default=batch_size, help="episodes per RMSProp update")
+    flag("--batch-size", "episodes per RMSProp update", type=positive_int, default=batch_size)
+    flag("--learning-rate", "RMSProp learning rate", type=positive_float, default=learning_rate)
+    flag("--gamma", "reward discount factor", type=discount, default=gamma)
+    flag("--decay-rate", "RMSProp decay of the mean square", type=decay, default=decay_rate)
+    flag("--hidden", "units in the hidden layer", type=positive_int, default=hidden)
     flag(
-        "--learning-rate", type=positive_float, default=learning_rate, help="RMSProp learning rate"
-    )
-    flag("--gamma", type=discount, default=gamma, help="reward discount factor")
-    flag("--decay-rate", type=decay, default=decay_rate, help="RMSProp decay of the mean square")
-    flag("--hidden", type=positive_int, default=hidden, help="units in the hidden layer")
-    flag(
-        "--init",
-        choices=INITIALISERS,
-        default=init,
-        help="the weights' initialiser (biases start at 0)",
+        "--init", "the weights' initialiser (biases start at 0)", choices=INITIALISERS, default=init
     )
     flag(
         "--seed",
+        "seeds the weights, the emulator and the action sampling",
         type=non_negative_int,
         default=seed,
-        help="seeds the weights, the emulator and the action sampling",
     )
     flag(
         "--envs",
+        "episodes played at once, one process each (1: the plain loop in this "
+        "process; default: one per core on Linux, else 1)",
         type=positive_int,
         default=envs,
-        help="episodes played at once, one process each (1: the plain loop in this process; "
-        "default: one per core on Linux, else 1)",
     )
     flag(
         "--model-dir",
+        "where the checkpoint, progress.csv and TensorBoard logs go",
         default=model_dir,
-        help="where the checkpoint, progress.csv and TensorBoard logs go",
     )
-    flag("--model", help=f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
+    flag("--model", f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
     flag(
         "--save-every",
+        "episodes between checkpoints and progress lines",
         type=positive_int,
         default=save_every,
-        help="episodes between checkpoints and progress lines",
     )
     flag(
         "--play",
+        "play N episodes with the checkpoint's policy, learn nothing",
         type=positive_int,
         metavar="N",
-        help="play N episodes with the checkpoint's policy, learn nothing",
     )
-    flag(
-        "--record",
-        metavar="DIR",
-        help="save episodes as MP4 videos in DIR (30 frames a second, one per agent step)",
-    )
+    flag("--record", "save episodes as MP4 videos in DIR (30 frames a second)", metavar="DIR")
     flag(
         "--record-every",
+        "with --record during training: episodes between videos",
         type=positive_int,
         default=record_every,
-        help="with --record during training: episodes between videos",
     )
     flag(
         "--record-scale",
+        "with --record: draw each pixel as an N x N block (3: 480x630)",
         type=positive_int,
         default=record_scale,
-        help="with --record: draw each pixel as an N x N block (3: 480x630 videos)",
     )
     flag(
         "--record-gif",
+        "with --record: GIFs of each episode's first STEPS steps instead of "
+        "MP4s (about 1.5 MB a step in memory)",
         type=positive_int,
         metavar="STEPS",
-        help="with --record: GIFs of each episode's first STEPS steps instead of MP4s (about 1.5 MB a step in memory)",
     )
     flag(
         "--plot",
+        "draw learning_curve.png of --model-dir's progress.csv, or of each DIR's in "
+        "one figure, and print the shares won every 5,000 episodes and the milestones; train "
+        "nothing",
         nargs="*",
         metavar="DIR",
-        help="draw learning_curve.png of --model-dir's progress.csv, or of each DIR's in one figure, and print "
-        "the shares won every 5,000 episodes and the milestones; train nothing",
     )
-    args = parser.parse_args(argv)
-    if args.play and args.plot is not None:
+    return parser
+
+
+# The flags each command uses: another command refuses them rather than ignore them.
+PLAY_FLAGS = {"play", "render", "seed", "envs", "hidden", "model_dir", "model", "record"}
+RECORDING_FLAGS = {"record_scale", "record_gif"}  # with --record, for play and training alike
+TRAINING_FLAGS = {"resume", "restart", "episodes", "batch_size", "learning_rate", "gamma"}
+TRAINING_FLAGS |= {"decay_rate", "init", "save_every", "record_every"}
+TRAINING_FLAGS |= PLAY_FLAGS - {"play"} | RECORDING_FLAGS
+
+
+def flag_name(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def refuse_idle_flags(given, parser):
+    """A flag that would do nothing in the command chosen (training, --play or --plot) is refused
+    in one line, as a misspelt one is: given holds the flags the command line set."""
+    if "play" in given and "plot" in given:
         parser.error("--play and --plot are separate commands")
-    if args.resume and args.restart:
+    if "resume" in given and "restart" in given:
         parser.error("--resume and --restart are opposites: choose one")
+    if "plot" in given:
+        command = "--plot"
+        used = {"plot"} if given["plot"] else {"plot", "model_dir", "model"}
+    elif "play" in given:
+        command = "--play"
+        used = PLAY_FLAGS | RECORDING_FLAGS
+    else:
+        command = "training"
+        used = TRAINING_FLAGS
+    for dest in given:
+        if dest not in used:
+            parser.error(f"{flag_name(dest)} does nothing with {command}")
+    for dest in given:
+        if dest in RECORDING_FLAGS | {"record_every"} and "record" not in given:
+            parser.error(f"{flag_name(dest)} does nothing without --record")
+
+
+def resolve_envs(args, parser):
+    """--envs: the number of cores by default, never more than the episodes played at once."""
     episodes_at_once = args.play or args.batch_size
     if (
         args.envs is None
     ):  # workers are forked: tested on Linux; macOS's libraries are unsafe to fork
-        args.envs = (
-            min(len(os.sched_getaffinity(0)), episodes_at_once)
-            if sys.platform.startswith("linux")
-            else 1
-        )
+        on_linux = sys.platform.startswith("linux")
+        args.envs = min(len(os.sched_getaffinity(0)), episodes_at_once) if on_linux else 1
     elif args.envs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         parser.error(
-            f"--envs {args.envs} needs worker processes started by fork, which this platform lacks; "
-            "use --envs 1"
+            f"--envs {args.envs} needs worker processes started by fork, which this platform "
+            "lacks; use --envs 1"
         )
     elif args.envs > episodes_at_once:
         if not args.play:
             print(
-                f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are played at once"
+                f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are "
+                "played at once"
             )
         args.envs = episodes_at_once
-    if (
-        args.render
-        and sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    ):
+
+
+def parse_args(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    given = vars(make_parser(with_defaults=False).parse_args(argv))
+    refuse_idle_flags(given, parser)
+    resolve_envs(args, parser)
+    has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if args.render and sys.platform.startswith("linux") and not has_display:
         fail(
-            "--render needs a display, and none is set (DISPLAY is empty); run without --render, or use --record DIR"
+            "--render needs a display, and none is set (DISPLAY is empty); run without --render, "
+            "or use --record DIR"
         )
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.record and args.plot is None:
-        writable_directory(args.record, "videos")
+    training = args.plot is None and not args.play
     try:
         if args.plot is not None:
             plot(args)
-        elif args.play:
+            return
+        if args.record:
+            writable_directory(args.record, "videos")
+        import_libraries()
+        if args.play:
             play(args)
         else:
             train(args)
@@ -1316,10 +1656,12 @@ def main(argv=None):
         fail(error, status=1)
     except OSError as error:  # the disk, not the program: one line, and what is still safe
         message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
-        if not (args.play or args.plot):
+        if training:
             message += f" ({saved_state(checkpoint_path(args), args.hidden)})"
         fail(message, status=1)
 
 
 if __name__ == "__main__":
+    # Ctrl-C while starting up ends the program quietly: nothing to save yet.
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
     main()

@@ -91,11 +91,13 @@ def current_rss_mb():
 
 
 def import_project():
-    """tutorial_atari_pong from the repository root (the real module, not a copy)."""
+    """tutorial_atari_pong from the repository root (the real module, not a copy), with
+    TensorFlow and the emulator imported."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     import tutorial_atari_pong
 
+    tutorial_atari_pong.import_libraries()
     return tutorial_atari_pong
 
 

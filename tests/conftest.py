@@ -25,16 +25,17 @@ from helpers import (
 
 @pytest.fixture(scope="session")
 def pong():
-    """tutorial_atari_pong.py as a module (imports TensorFlow, ~3 s)."""
+    """tutorial_atari_pong.py as a module, with TensorFlow and the emulator imported (~3 s)."""
     spec = importlib.util.spec_from_file_location("tutorial_atari_pong", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.import_libraries()
     return module
 
 
 @pytest.fixture(scope="session")
 def sweep():
-    """sweep.py as a module (no TensorFlow): the script's --plot imports the same one."""
+    """sweep.py as a module (no TensorFlow)."""
     spec = importlib.util.spec_from_file_location("sweep", SCRIPT.parent / "sweep.py")
     module = sys.modules["sweep"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -36,7 +36,7 @@ PROGRESS_RE = re.compile(
 )  # a checkpoint saved on the way
 PLAY_RE = re.compile(r"^episode (\d+): (\d+)-(\d+) (won|lost)$")
 PLAY_SUMMARY_RE = re.compile(
-    r"^played (\d+) episodes with (.+): won (\d+) of (\d+) \((\d+)%, 95% interval (\d+)-(\d+)%\), "
+    r"^played (\d+) episodes? with (.+): won (\d+) of (\d+) \((\d+)%, 95% interval (\d+)-(\d+)%\), "
     r"points won (\d+) of (\d+) \((\d+\.\d)%\), mean episode reward (-?\d+\.\d{6})$"
 )
 STALE_REWARD = "99.0"  # a reward no Pong episode can have: marks rows a resumed run must drop

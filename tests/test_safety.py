@@ -599,9 +599,7 @@ def test_init_is_used_by_training_and_an_unknown_name_is_one_line(tmp_path):
 # --- --plot of a sweep trial's seeds ----------------------------------------------------------
 
 
-def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(
-    pong, sweep, tmp_path, capsys
-):
+def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, tmp_path, capsys):
     trial = tmp_path / "trial-0001"
     for seed, rewards in ((1, [-21, -20, -19, -18]), (2, [-19, -19, -17, -16])):
         folder = trial / f"seed-{seed}"
@@ -613,7 +611,7 @@ def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(
         (folder / "progress.csv").write_text("\n".join(rows) + "\n")
     other = tmp_path / "other"
     shutil.copytree(trial / "seed-1", other)
-    assert sweep.seed_groups([str(trial / "seed-1"), str(trial / "seed-2"), str(other)]) == {
+    assert pong.seed_groups([str(trial / "seed-1"), str(trial / "seed-2"), str(other)]) == {
         str(trial): [str(trial / "seed-1"), str(trial / "seed-2")],
         str(other): [str(other)],
     }

@@ -754,6 +754,21 @@ def test_read_checkpoint_truncated_file(pong, trained, tmp_path):
     expect_checkpoint_error(pong, path)
 
 
+def test_a_text_file_named_npz_is_not_a_checkpoint_this_script_wrote(pong, tmp_path):
+    path = tmp_path / "ck.npz"
+    path.write_text("these are my notes, not weights\n")
+    message = expect_checkpoint_error(pong, path)
+    assert message == f"{path} is not a checkpoint this script wrote (not an .npz archive)"
+
+
+def test_an_npz_of_python_objects_is_refused_without_suggesting_to_unpickle_it(pong, tmp_path):
+    path = tmp_path / "ck.npz"
+    np.savez(path, **{"state/format": np.array([{"a": 1}], dtype=object)})
+    message = expect_checkpoint_error(pong, path)
+    assert message == f"{path} is not a checkpoint this script wrote (it holds Python objects)"
+    assert "pickle" not in message
+
+
 def test_read_checkpoint_of_another_program(pong, tmp_path):
     path = tmp_path / "ck.npz"
     np.savez(path, something=np.zeros(3))
@@ -878,10 +893,46 @@ def test_parse_args_rejects_bad_values_with_status_2(pong, argv, capsys):
 
 def test_parse_args_plot_takes_any_number_of_folders(pong):
     assert pong.parse_args(["--plot"]).plot == []
-    assert pong.parse_args(["--plot", "runs/a", "runs/b", "--envs", "1"]).plot == [
-        "runs/a",
-        "runs/b",
-    ]
+    assert pong.parse_args(["--plot", "runs/a", "runs/b"]).plot == ["runs/a", "runs/b"]
+    assert pong.parse_args(["--plot", "--model-dir", "runs/a"]).model_dir == "runs/a"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--play", "2", "--episodes", "5"], "--episodes does nothing with --play"),
+        (["--play", "2", "--batch-size", "5"], "--batch-size does nothing with --play"),
+        (["--play", "2", "--resume"], "--resume does nothing with --play"),
+        (["--play", "2", "--learning-rate", "0.1"], "--learning-rate does nothing with --play"),
+        (["--play", "2", "--init", "he-normal"], "--init does nothing with --play"),
+        (["--play", "2", "--save-every", "5"], "--save-every does nothing with --play"),
+        (["--play", "2", "--record", "v", "--record-every", "2"], "--record-every does nothing"),
+        (["--record-every", "5"], "--record-every does nothing without --record"),
+        (["--record-gif", "5"], "--record-gif does nothing without --record"),
+        (["--play", "2", "--record-scale", "2"], "--record-scale does nothing without --record"),
+        (["--plot", "--envs", "1"], "--envs does nothing with --plot"),
+        (["--plot", "--seed", "2"], "--seed does nothing with --plot"),
+        (["--plot", "--render"], "--render does nothing with --plot"),
+        (["--plot", "runs/a", "--model-dir", "runs/b"], "--model-dir does nothing with --plot"),
+        (["--plot", "--record", "v"], "--record does nothing with --plot"),
+        (["--resume", "--restart"], "--resume and --restart are opposites"),
+    ],
+)
+def test_a_flag_that_would_do_nothing_is_refused_in_one_line(pong, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pong.parse_args(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_flags_are_judged_as_given_not_by_the_defaults_block(pong, monkeypatch):
+    monkeypatch.setattr(pong, "resume", True)
+    assert pong.parse_args(["--play", "2"]).play == 2, "resume = True at the top is no flag"
+    args = pong.parse_args(["--play", "2", "--hidden", "8", "--seed", "3", "--envs", "1"])
+    assert (args.hidden, args.seed, args.envs) == (8, 3, 1)
+    args = pong.parse_args(["--play", "1", "--record", "v", "--record-gif", "5"])
+    assert (args.record, args.record_gif) == ("v", 5)
 
 
 def test_help_shows_only_real_defaults_and_ends_with_the_examples(pong, capsys):

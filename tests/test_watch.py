@@ -8,7 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import PLAY_RE, PLAY_SUMMARY_RE, REPO, count_video_frames, read_progress, run_script
+from helpers import (
+    PLAY_RE,
+    PLAY_SUMMARY_RE,
+    REPO,
+    Result,
+    count_video_frames,
+    read_progress,
+    run_script,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -345,8 +353,8 @@ def test_plot_says_not_yet_while_no_stretch_won_90_percent_of_games(pong, tmp_pa
         ([1.0, -1.0], (0, None)),
     ],
 )
-def test_crossings_of_0_by_the_running_mean(sweep, means, expected):
-    assert sweep.crossings({"running_mean": np.array(means)}) == expected
+def test_crossings_of_0_by_the_running_mean(pong, means, expected):
+    assert pong.crossings({"running_mean": np.array(means)}) == expected
 
 
 def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, capsys):
@@ -362,56 +370,81 @@ def test_plot_names_the_folder_without_progress_csv_in_one_line(pong, tmp_path, 
     assert not (tmp_path / "learning_curve.png").exists()
 
 
-def test_sweep_py_plot_draws_what_the_script_s_plot_draws(tmp_path):
-    """`sweep.py --plot DIR ...` is the same code without TensorFlow: the same lines, the
-    same figure's place."""
-    for name, won in (("a", [0, 3, 6]), ("b", [1, 2, 9])):
-        write_progress(tmp_path / "runs" / name, [-20.0, -19.0, -18.0], won)
-    folders = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
-    by_script = run_script(["--plot", *folders], tmp_path)
-    by_sweep = subprocess.run(
-        [sys.executable, str(REPO / "sweep.py"), "--plot", *map(str, folders)],
+HEAVY_MODULES = ("tensorflow", "tensorlayer", "ale_py", "gymnasium")
+
+
+def imported_modules(result):
+    """The top-level modules a run imported, from `python -X importtime`'s lines on stderr."""
+    names = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.split("|")[-1].strip().split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    "args, status",
+    [(["--help"], 0), (["--batch-size", "0"], 2), (["--play", "1", "--episodes", "2"], 2)],
+    ids=["help", "bad-value", "idle-flag"],
+)
+def test_help_and_refused_flags_import_no_tensorflow(tmp_path, args, status):
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "tutorial_atari_pong.py"), *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
     )
-    assert by_script.returncode == 0 and by_sweep.returncode == 0, (
-        by_script.describe(),
-        by_sweep.stderr,
-    )
-    assert by_sweep.stdout.splitlines() == by_script.lines
-    assert (
-        by_script.lines[0]
-        == f"{folders[0]}: 3 episodes in 0.00 hours of training; over the 1 episodes before "
-        "each mark, and over all since the mark before:"
-    )
-    assert by_script.lines[-1] == f"wrote {tmp_path / 'runs' / 'learning_curve.png'}"
-    missing = subprocess.run(
-        [sys.executable, str(REPO / "sweep.py"), "--plot", str(tmp_path / "none")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert missing.returncode == 2 and missing.stderr.splitlines() == [
-        f"sweep.py: error: cannot read {tmp_path / 'none' / 'progress.csv'} "
-        "(No such file or directory)"
-    ]
+    assert done.returncode == status, done.stderr[-2000:]
+    modules = imported_modules(Result(args, done.returncode, done.stdout, done.stderr))
+    assert "numpy" in modules, "the importtime lines were read"
+    assert not modules & set(HEAVY_MODULES)
 
 
-def test_plot_of_the_script_copied_alone_says_in_one_line_that_it_needs_sweep_py(tmp_path):
+def test_the_script_copied_alone_trains_plays_and_plots(tmp_path):
+    """The script imports no other file of the project: alone in an empty folder, it trains,
+    plays, records and plots, and --plot imports neither TensorFlow nor the emulator."""
     alone = tmp_path / "alone" / "tutorial_atari_pong.py"
     alone.parent.mkdir()
     shutil.copy(REPO / "tutorial_atari_pong.py", alone)
-    write_progress(tmp_path / "run", [-20.0], [1])
-    result = run_script(["--plot", tmp_path / "run"], tmp_path, script=alone)
-    assert result.returncode == 2 and result.stdout == "", result.describe()
-    assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(
-        "tutorial_atari_pong.py: error: --plot needs sweep.py beside tutorial_atari_pong.py: "
-        "it draws the curves ("
-    ), result.stderr
-    assert not (tmp_path / "run" / "learning_curve.png").exists()
+    small = ["--envs", 1, "--hidden", 8, "--model-dir", "m"]
+    trained = run_script(
+        [
+            "--episodes",
+            1,
+            "--batch-size",
+            1,
+            *small,
+            "--record",
+            "v",
+            "--record-every",
+            1,
+            "--record-gif",
+            5,
+        ],
+        alone.parent,
+        script=alone,
+    )
+    assert trained.returncode == 0, trained.describe()
+    assert trained.lines[-1] == "saved checkpoint to m/model_pong.npz (episode 1)"
+    assert sorted(p.name for p in (alone.parent / "v").iterdir()) == ["episode-000000.gif"]
+    played = run_script(["--play", 1, *small], alone.parent, script=alone)
+    assert played.returncode == 0, played.describe()
+    assert PLAY_SUMMARY_RE.match(played.lines[-1]), played.lines[-1]
+    plotted = run_script(["--plot", "m"], alone.parent, script=alone)
+    assert plotted.returncode == 0, plotted.describe()
+    assert plotted.lines[-1] == f"wrote {alone.parent / 'm' / 'learning_curve.png'}"
+    assert (alone.parent / "m" / "learning_curve.png").stat().st_size > 10_000
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(alone), "--plot", "m"],
+        cwd=alone.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    modules = imported_modules(Result([], done.returncode, done.stdout, done.stderr))
+    assert done.returncode == 0 and "matplotlib" in modules, done.stderr[-2000:]
+    assert not modules & set(HEAVY_MODULES)
 
 
 def test_tensorboard_shows_each_model_folder_as_its_own_run(trained, tmp_path):
