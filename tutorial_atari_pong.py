@@ -377,150 +377,7 @@ def mean_squares(optimizer, model):
     }
 
 
-# --- Checkpoints -----------------------------------------------------------
-
-SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept as config/NAME
-
-
-def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings):
-    """Everything a checkpoint holds, by name: plain numpy arrays, no pickle."""
-    hidden_w = model.get_layer("hidden").W
-    batch = concatenate(pending)
-    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
-    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
-    arrays.update({f"config/{name}": np.asarray(value) for name, value in settings.items()})
-    running_mean_or_nan = np.nan if running_mean is None else running_mean
-    arrays.update(
-        {
-            "state/format": np.int64(CHECKPOINT_FORMAT),
-            "state/episode": np.int64(episode),
-            "state/running_mean": np.float64(running_mean_or_nan),
-            "config/input_size": np.int64(hidden_w.shape[0]),
-            "config/hidden": np.int64(hidden_w.shape[1]),
-            "pending/steps": np.array([e.steps for e in pending], np.int64),
-            "pending/numbers": np.array([e.number for e in pending], np.int64),
-            "pending/nnz": batch.nnz,
-            "pending/indices": batch.indices,
-            "pending/signs": batch.signs,
-            "pending/labels": batch.labels,
-            "pending/rewards": batch.rewards,
-        }
-    )
-    return arrays
-
-
-def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
-    """Write weights, RMSProp state, counters, settings and the unfinished batch to path
-    atomically (a temporary file, then os.replace). Non-finite weights are refused: the last good
-    file stays."""
-    problem = "the weights are not finite (NaN or infinity) and were not saved"
-    require_finite(model.trainable_weights, problem)
-    arrays = checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings or {})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:  # a full disk, say: the last checkpoint stays, the torn one goes
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        if isinstance(error, OSError):  # a failed write names no file: name the checkpoint
-            error.filename = path
-            error.filename2 = None
-        raise
-
-
-def load_arrays(path):
-    """A checkpoint's arrays, read without pickle. A file that is not an .npz archive, or holds
-    Python objects, is not one this script wrote: say so, and never suggest unpickling it."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a checkpoint this script wrote (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except ValueError:  # an array of Python objects, which only pickle could read
-        raise CheckpointError(
-            f"{path} is not a checkpoint this script wrote (it holds Python objects)"
-        ) from None
-    except Exception as error:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"
-        ) from None
-
-
-def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size):
-    """Load and check a checkpoint (numpy only, no pickle) for a network of hidden_units (None: the
-    checkpoint's own, as --play takes it). Raises CheckpointError."""
-    arrays = load_arrays(path)
-    if "state/format" not in arrays:
-        raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
-    if int(arrays["state/format"]) != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} has checkpoint format {int(arrays['state/format'])}; "
-            f"this script reads format {CHECKPOINT_FORMAT} only"
-        )
-    if hidden_units is None:
-        hidden_units = len(arrays.get("hidden/biases", ()))
-    shapes = {
-        "hidden/weights": (input_size, hidden_units),
-        "hidden/biases": (hidden_units,),
-        "output/weights": (hidden_units, len(ACTIONS)),
-        "output/biases": (len(ACTIONS),),
-    }
-    expected = {
-        **shapes,
-        **{"mean_square/" + name: shape for name, shape in shapes.items()},
-        "state/episode": (),
-        "state/running_mean": (),
-    }
-    for name, shape in expected.items():
-        if name not in arrays:
-            raise CheckpointError(f"{path} is not a checkpoint of this script (no '{name}')")
-        if arrays[name].shape != shape:
-            found = arrays.get("config/hidden", "?")
-            raise CheckpointError(
-                f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
-                f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})"
-            )
-        if not np.isfinite(arrays[name]).all() and name != "state/running_mean":
-            raise CheckpointError(
-                f"{path} holds non-finite values (NaN or infinity) in {name}: it cannot be used"
-            )
-    return arrays
-
-
-def pending_episodes(arrays):
-    """The unfinished batch a checkpoint holds, split back into its episodes."""
-    if len(arrays.get("pending/steps", ())) == 0:
-        return []
-    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
-    nnz = np.split(arrays["pending/nnz"], step_cuts)
-    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
-    indices = np.split(arrays["pending/indices"], pixel_cuts)
-    signs = np.split(arrays["pending/signs"], pixel_cuts)
-    labels = np.split(arrays["pending/labels"], step_cuts)
-    rewards = np.split(arrays["pending/rewards"], step_cuts)
-    fields = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards, strict=True)
-    return [Episode(int(number), *rest) for number, *rest in fields]
-
-
-def restore(arrays, model, optimizer):
-    """Assign a read checkpoint; return (episode, running mean, the unfinished batch)."""
-    for weight in model.trainable_weights:
-        weight.assign(arrays[weight_key(weight)])
-    for name, mean_square in mean_squares(optimizer, model).items():
-        mean_square.assign(arrays[name])
-    running_mean = float(arrays["state/running_mean"])
-    running_mean_or_none = None if np.isnan(running_mean) else running_mean
-    return int(arrays["state/episode"]), running_mean_or_none, pending_episodes(arrays)
-
-
-# --- Playing ---------------------------------------------------------------
+# --- Playing an episode ----------------------------------------------------
 
 
 def make_env(env_seed, render_mode=None):
@@ -536,54 +393,6 @@ def make_env(env_seed, render_mode=None):
     env = gym.make("Pong-v0", obs_type="ram", render_mode=render_mode).unwrapped
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
-
-
-@dataclasses.dataclass
-class Recording:
-    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale
-    block."""
-
-    directory: str
-    every: int
-    scale: int
-    gif_steps: int | None  # a GIF of each episode's first gif_steps steps instead of an MP4
-
-    def path(self, number):
-        name = f"episode-{number:06d}.{'gif' if self.gif_steps else 'mp4'}"
-        return os.path.join(self.directory, name) if number % self.every == 0 else None
-
-
-class Video:
-    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30
-    frames a second, or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the
-    first `limit` frames only."""
-
-    def __init__(self, path, scale, limit=None):
-        import imageio.v2 as imageio  # only needed with --record
-
-        self.path = path
-        self.scale = scale
-        self.limit = limit
-        self.frames = 0
-        if path.endswith(".gif"):  # Pillow's writer: an exact palette, as Pong has 9 colours
-            self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts 1/100 s
-        else:
-            self.writer = imageio.get_writer(
-                path,
-                fps=30,
-                codec="libx264",
-                macro_block_size=2,
-                quality=7,
-                ffmpeg_log_level="error",
-            )
-
-    def add(self, frame):
-        if self.limit is None or self.frames < self.limit:
-            self.writer.append_data(frame.repeat(self.scale, axis=0).repeat(self.scale, axis=1))
-            self.frames += 1
-
-    def close(self):
-        self.writer.close()
 
 
 def point_line(number, game, seconds, reward):
@@ -642,142 +451,6 @@ def seeds(*entropy):
     run draws fresh numbers instead of replaying the first run's."""
     sequence = np.random.SeedSequence(list(entropy))
     return int(sequence.generate_state(1)[0]), np.random.default_rng(sequence)
-
-
-class LocalPlayer:
-    """--envs 1: the plain sequential loop, in this process."""
-
-    def __init__(self, entropy, render_mode=None, recording=None):
-        env_seed, self.rng = seeds(*entropy)
-        self.env = make_env(env_seed, render_mode)
-        self.recording = recording
-
-    def play(self, weights, numbers, say, should_stop):
-        for number in numbers:
-            path = self.recording and self.recording.path(number)
-            video = path and Video(path, self.recording.scale, self.recording.gif_steps)
-            episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
-            if episode is None:
-                # An unfinished episode leaves no video (ffmpeg makes the file at the first frame).
-                if path and os.path.exists(path):
-                    os.remove(path)
-                return
-            yield episode
-
-    def close(self):
-        self.env.close()
-
-
-def worker_main(connection, trainer_ends, entropy, recording):
-    """A worker process: plays each episode it is sent, by number, with the weights sent with it,
-    and sends back point lines and finished episodes. It ends when the trainer has gone, however:
-    its next recv or send fails."""
-    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then
-    # stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open
-        end.close()
-
-    def send_line(line):
-        connection.send(("line", line))
-
-    try:
-        player = LocalPlayer(entropy, None, recording)
-        while True:
-            number, weights = connection.recv()
-            for episode in player.play(weights, [number], send_line, lambda: False):
-                connection.send(("episode", episode))
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the trainer has gone: nothing left to do
-    except Exception as error:  # the trainer says it in one line
-        with contextlib.suppress(OSError):
-            connection.send(("error", f"{type(error).__name__}: {error}"))
-
-
-class WorkerPool:
-    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in
-    one process, all with the same weights. Worker 0 draws the plain loop's numbers and plays the
-    first episode, so that episode is the same whatever --envs is."""
-
-    def __init__(self, count, entropy, recording=None):
-        # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
-        context = multiprocessing.get_context("fork")
-        self.connections = []
-        self.processes = []
-        self.playing = {}  # connection -> the episode number its worker plays
-        self.recording = recording
-        for i in range(count):
-            ours, theirs = context.Pipe()
-            worker_entropy = entropy + (i,) if i else entropy
-            process = context.Process(
-                target=worker_main,
-                daemon=True,
-                args=(theirs, self.connections + [ours], worker_entropy, recording),
-            )
-            process.start()
-            theirs.close()
-            self.connections.append(ours)
-            self.processes.append(process)
-
-    def receive(self, connection):
-        """A worker's next message: ("line", text) or ("episode", Episode)."""
-        try:
-            kind, payload = connection.recv()
-        except EOFError:
-            raise WorkerError("an episode worker process died (killed from outside?)") from None
-        if kind == "error":
-            raise WorkerError(f"an episode worker process failed: {payload}")
-        return kind, payload
-
-    def play(self, weights, numbers, say, should_stop):
-        """Yield the episodes in order of number, whichever worker finishes first. The log reads as
-        if they were played in turn: the oldest unfinished episode's point lines are said as they
-        come, later ones' held."""
-        todo = list(numbers)
-        idle = list(self.connections)
-        finished = {}
-        held = {}
-        for number in numbers:
-            for line in held.pop(number, []):
-                say(line)
-            while number not in finished:
-                while todo and idle:
-                    connection = idle.pop(0)
-                    self.playing[connection] = todo.pop(0)
-                    connection.send((self.playing[connection], weights))
-                if should_stop():
-                    return
-                for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
-                    kind, payload = self.receive(connection)
-                    if kind == "line" and self.playing[connection] == number:
-                        say(payload)
-                    elif kind == "line":
-                        held.setdefault(self.playing[connection], []).append(payload)
-                    else:
-                        idle.append(connection)
-                        finished[self.playing.pop(connection)] = payload
-            yield finished.pop(number)
-
-    def close(self):
-        for connection, process in zip(self.connections, self.processes, strict=True):
-            connection.close()
-            process.kill()
-            process.join()
-        for number in self.playing.values():  # unfinished episodes leave no broken videos
-            path = self.recording and self.recording.path(number)
-            if path and os.path.exists(path):
-                os.remove(path)
-
-
-def make_player(args, first_episode, record_every_value):
-    entropy = (args.seed, first_episode)
-    recording = None
-    if args.record:
-        recording = Recording(args.record, record_every_value, args.record_scale, args.record_gif)
-    if args.envs == 1 or args.render:
-        return LocalPlayer(entropy, "human" if args.render else None, recording)
-    return WorkerPool(args.envs, entropy, recording)
 
 
 # --- Training --------------------------------------------------------------
@@ -944,6 +617,336 @@ def train(args):
             staging = training.staging
         if staging is not None:  # a restart that never saved: the old run stays as it was
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- Checkpoints -----------------------------------------------------------
+
+SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept as config/NAME
+
+
+def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings):
+    """Everything a checkpoint holds, by name: plain numpy arrays, no pickle."""
+    hidden_w = model.get_layer("hidden").W
+    batch = concatenate(pending)
+    arrays = {weight_key(w): w.numpy() for w in model.trainable_weights}
+    arrays.update({name: v.numpy() for name, v in mean_squares(optimizer, model).items()})
+    arrays.update({f"config/{name}": np.asarray(value) for name, value in settings.items()})
+    running_mean_or_nan = np.nan if running_mean is None else running_mean
+    arrays.update(
+        {
+            "state/format": np.int64(CHECKPOINT_FORMAT),
+            "state/episode": np.int64(episode),
+            "state/running_mean": np.float64(running_mean_or_nan),
+            "config/input_size": np.int64(hidden_w.shape[0]),
+            "config/hidden": np.int64(hidden_w.shape[1]),
+            "pending/steps": np.array([e.steps for e in pending], np.int64),
+            "pending/numbers": np.array([e.number for e in pending], np.int64),
+            "pending/nnz": batch.nnz,
+            "pending/indices": batch.indices,
+            "pending/signs": batch.signs,
+            "pending/labels": batch.labels,
+            "pending/rewards": batch.rewards,
+        }
+    )
+    return arrays
+
+
+def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
+    """Write weights, RMSProp state, counters, settings and the unfinished batch to path
+    atomically (a temporary file, then os.replace). Non-finite weights are refused: the last good
+    file stays."""
+    problem = "the weights are not finite (NaN or infinity) and were not saved"
+    require_finite(model.trainable_weights, problem)
+    arrays = checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings or {})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:  # a full disk, say: the last checkpoint stays, the torn one goes
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if isinstance(error, OSError):  # a failed write names no file: name the checkpoint
+            error.filename = path
+            error.filename2 = None
+        raise
+
+
+def load_arrays(path):
+    """A checkpoint's arrays, read without pickle. A file that is not an .npz archive, or holds
+    Python objects, is not one this script wrote: say so, and never suggest unpickling it."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a checkpoint this script wrote (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError:  # an array of Python objects, which only pickle could read
+        raise CheckpointError(
+            f"{path} is not a checkpoint this script wrote (it holds Python objects)"
+        ) from None
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"
+        ) from None
+
+
+def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size):
+    """Load and check a checkpoint (numpy only, no pickle) for a network of hidden_units (None: the
+    checkpoint's own, as --play takes it). Raises CheckpointError."""
+    arrays = load_arrays(path)
+    if "state/format" not in arrays:
+        raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
+    if int(arrays["state/format"]) != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {int(arrays['state/format'])}; "
+            f"this script reads format {CHECKPOINT_FORMAT} only"
+        )
+    if hidden_units is None:
+        hidden_units = len(arrays.get("hidden/biases", ()))
+    shapes = {
+        "hidden/weights": (input_size, hidden_units),
+        "hidden/biases": (hidden_units,),
+        "output/weights": (hidden_units, len(ACTIONS)),
+        "output/biases": (len(ACTIONS),),
+    }
+    expected = {
+        **shapes,
+        **{"mean_square/" + name: shape for name, shape in shapes.items()},
+        "state/episode": (),
+        "state/running_mean": (),
+    }
+    for name, shape in expected.items():
+        if name not in arrays:
+            raise CheckpointError(f"{path} is not a checkpoint of this script (no '{name}')")
+        if arrays[name].shape != shape:
+            found = arrays.get("config/hidden", "?")
+            raise CheckpointError(
+                f"{path} holds {name} of shape {arrays[name].shape}, expected {shape} "
+                f"(it was trained with --hidden {found}, this run has --hidden {hidden_units})"
+            )
+        if not np.isfinite(arrays[name]).all() and name != "state/running_mean":
+            raise CheckpointError(
+                f"{path} holds non-finite values (NaN or infinity) in {name}: it cannot be used"
+            )
+    return arrays
+
+
+def pending_episodes(arrays):
+    """The unfinished batch a checkpoint holds, split back into its episodes."""
+    if len(arrays.get("pending/steps", ())) == 0:
+        return []
+    step_cuts = np.cumsum(arrays["pending/steps"])[:-1]
+    nnz = np.split(arrays["pending/nnz"], step_cuts)
+    pixel_cuts = np.cumsum([int(n.sum()) for n in nnz])[:-1]
+    indices = np.split(arrays["pending/indices"], pixel_cuts)
+    signs = np.split(arrays["pending/signs"], pixel_cuts)
+    labels = np.split(arrays["pending/labels"], step_cuts)
+    rewards = np.split(arrays["pending/rewards"], step_cuts)
+    fields = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards, strict=True)
+    return [Episode(int(number), *rest) for number, *rest in fields]
+
+
+def restore(arrays, model, optimizer):
+    """Assign a read checkpoint; return (episode, running mean, the unfinished batch)."""
+    for weight in model.trainable_weights:
+        weight.assign(arrays[weight_key(weight)])
+    for name, mean_square in mean_squares(optimizer, model).items():
+        mean_square.assign(arrays[name])
+    running_mean = float(arrays["state/running_mean"])
+    running_mean_or_none = None if np.isnan(running_mean) else running_mean
+    return int(arrays["state/episode"]), running_mean_or_none, pending_episodes(arrays)
+
+
+# --- Players: this process or worker processes; videos ---------------------
+
+
+@dataclasses.dataclass
+class Recording:
+    """--record: every `every`-th episode as a video in directory, each pixel a scale x scale
+    block."""
+
+    directory: str
+    every: int
+    scale: int
+    gif_steps: int | None  # a GIF of each episode's first gif_steps steps instead of an MP4
+
+    def path(self, number):
+        name = f"episode-{number:06d}.{'gif' if self.gif_steps else 'mp4'}"
+        return os.path.join(self.directory, name) if number % self.every == 0 else None
+
+
+class Video:
+    """One frame per agent step, each pixel a scale x scale block (sharp, no blur): an MP4 at 30
+    frames a second, or a GIF, assembled in memory (about 1.5 MB a frame at scale 3) and so of the
+    first `limit` frames only."""
+
+    def __init__(self, path, scale, limit=None):
+        import imageio.v2 as imageio  # only needed with --record
+
+        self.path = path
+        self.scale = scale
+        self.limit = limit
+        self.frames = 0
+        if path.endswith(".gif"):  # Pillow's writer: an exact palette, as Pong has 9 colours
+            self.writer = imageio.get_writer(path, duration=30, loop=0)  # ms: GIF counts 1/100 s
+        else:
+            self.writer = imageio.get_writer(
+                path,
+                fps=30,
+                codec="libx264",
+                macro_block_size=2,
+                quality=7,
+                ffmpeg_log_level="error",
+            )
+
+    def add(self, frame):
+        if self.limit is None or self.frames < self.limit:
+            self.writer.append_data(frame.repeat(self.scale, axis=0).repeat(self.scale, axis=1))
+            self.frames += 1
+
+    def close(self):
+        self.writer.close()
+
+
+class LocalPlayer:
+    """--envs 1: the plain sequential loop, in this process."""
+
+    def __init__(self, entropy, render_mode=None, recording=None):
+        env_seed, self.rng = seeds(*entropy)
+        self.env = make_env(env_seed, render_mode)
+        self.recording = recording
+
+    def play(self, weights, numbers, say, should_stop):
+        for number in numbers:
+            path = self.recording and self.recording.path(number)
+            video = path and Video(path, self.recording.scale, self.recording.gif_steps)
+            episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
+            if episode is None:
+                # An unfinished episode leaves no video (ffmpeg makes the file at the first frame).
+                if path and os.path.exists(path):
+                    os.remove(path)
+                return
+            yield episode
+
+    def close(self):
+        self.env.close()
+
+
+def worker_main(connection, trainer_ends, entropy, recording):
+    """A worker process: plays each episode it is sent, by number, with the weights sent with it,
+    and sends back point lines and finished episodes. It ends when the trainer has gone, however:
+    its next recv or send fails."""
+    # Ctrl-C, or a `kill` that reaches the whole group, is the trainer's to handle: it saves, then
+    # stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for end in trainer_ends:  # forked copies of the trainer's ends would keep our pipe open
+        end.close()
+
+    def send_line(line):
+        connection.send(("line", line))
+
+    try:
+        player = LocalPlayer(entropy, None, recording)
+        while True:
+            number, weights = connection.recv()
+            for episode in player.play(weights, [number], send_line, lambda: False):
+                connection.send(("episode", episode))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the trainer has gone: nothing left to do
+    except Exception as error:  # the trainer says it in one line
+        with contextlib.suppress(OSError):
+            connection.send(("error", f"{type(error).__name__}: {error}"))
+
+
+class WorkerPool:
+    """--envs K > 1: K worker processes play a batch's episodes concurrently, each whole episode in
+    one process, all with the same weights. Worker 0 draws the plain loop's numbers and plays the
+    first episode, so that episode is the same whatever --envs is."""
+
+    def __init__(self, count, entropy, recording=None):
+        # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
+        context = multiprocessing.get_context("fork")
+        self.connections = []
+        self.processes = []
+        self.playing = {}  # connection -> the episode number its worker plays
+        self.recording = recording
+        for i in range(count):
+            ours, theirs = context.Pipe()
+            worker_entropy = entropy + (i,) if i else entropy
+            process = context.Process(
+                target=worker_main,
+                daemon=True,
+                args=(theirs, self.connections + [ours], worker_entropy, recording),
+            )
+            process.start()
+            theirs.close()
+            self.connections.append(ours)
+            self.processes.append(process)
+
+    def receive(self, connection):
+        """A worker's next message: ("line", text) or ("episode", Episode)."""
+        try:
+            kind, payload = connection.recv()
+        except EOFError:
+            raise WorkerError("an episode worker process died (killed from outside?)") from None
+        if kind == "error":
+            raise WorkerError(f"an episode worker process failed: {payload}")
+        return kind, payload
+
+    def play(self, weights, numbers, say, should_stop):
+        """Yield the episodes in order of number, whichever worker finishes first. The log reads as
+        if they were played in turn: the oldest unfinished episode's point lines are said as they
+        come, later ones' held."""
+        todo = list(numbers)
+        idle = list(self.connections)
+        finished = {}
+        held = {}
+        for number in numbers:
+            for line in held.pop(number, []):
+                say(line)
+            while number not in finished:
+                while todo and idle:
+                    connection = idle.pop(0)
+                    self.playing[connection] = todo.pop(0)
+                    connection.send((self.playing[connection], weights))
+                if should_stop():
+                    return
+                for connection in multiprocessing.connection.wait(list(self.playing), timeout=0.2):
+                    kind, payload = self.receive(connection)
+                    if kind == "line" and self.playing[connection] == number:
+                        say(payload)
+                    elif kind == "line":
+                        held.setdefault(self.playing[connection], []).append(payload)
+                    else:
+                        idle.append(connection)
+                        finished[self.playing.pop(connection)] = payload
+            yield finished.pop(number)
+
+    def close(self):
+        for connection, process in zip(self.connections, self.processes, strict=True):
+            connection.close()
+            process.kill()
+            process.join()
+        for number in self.playing.values():  # unfinished episodes leave no broken videos
+            path = self.recording and self.recording.path(number)
+            if path and os.path.exists(path):
+                os.remove(path)
+
+
+def make_player(args, first_episode, record_every_value):
+    entropy = (args.seed, first_episode)
+    recording = None
+    if args.record:
+        recording = Recording(args.record, record_every_value, args.record_scale, args.record_gif)
+    if args.envs == 1 or args.render:
+        return LocalPlayer(entropy, "human" if args.render else None, recording)
+    return WorkerPool(args.envs, entropy, recording)
 
 
 # --- The run's folder: checkpoint, progress log, lock ------------------------

@@ -67,6 +67,20 @@ def test_play_prints_one_score_line_per_episode_and_a_summary_that_adds_up(play_
     assert "Traceback" not in result.stderr
 
 
+def test_play_plays_the_same_first_episode_whatever_envs_is(trained, tmp_path):
+    """Episode 0 of --play is drawn from the seed alone: one process or two workers, the same
+    game; and one episode is "1 episode"."""
+    alone = run_script(["--play", 1, "--envs", 1, "--model-dir", trained.model_dir], tmp_path)
+    pooled = run_script(["--play", 3, "--envs", 2, "--model-dir", trained.model_dir], tmp_path)
+    assert alone.returncode == 0 and pooled.returncode == 0, (alone.describe(), pooled.describe())
+    first = [line for line in alone.lines if PLAY_RE.match(line)]
+    pooled_lines = [line for line in pooled.lines if PLAY_RE.match(line)]
+    assert [PLAY_RE.match(line).group(1) for line in pooled_lines] == ["0", "1", "2"]
+    assert len(first) == 1 and first[0] == pooled_lines[0]
+    assert alone.lines[-1].startswith("played 1 episode with ")
+    assert pooled.lines[-1].startswith("played 3 episodes with ")
+
+
 def test_play_learns_nothing(play_run, trained):
     _, _, checkpoint_before = play_run
     assert trained.checkpoint.read_bytes() == checkpoint_before
