@@ -12,20 +12,16 @@ share one study.
     python sweep.py --trials 20 --episodes 3000 --seeds 2     # search, on this machine
     python sweep.py --trials 20 --episodes 3000 -- --hidden 100   # flags after -- go to every run
     python sweep.py --report                                   # which settings win
-    python sweep.py --plot runs/pong/trial-0003/seed-*         # its learning curves
+    python tutorial_atari_pong.py --plot runs/pong/trial-0003/seed-*   # a trial's curves
 """
 
 import argparse
-import ast
 import collections
-import contextlib
-import csv
 import ctypes
 import datetime
 import math
 import os
 import pathlib
-import re
 import signal
 import socket
 import subprocess
@@ -35,6 +31,14 @@ import time
 import warnings
 
 import numpy as np
+
+try:  # the script beside this file: its defaults, and how it reads its progress.csv
+    import tutorial_atari_pong as pong
+except ImportError as error:
+    sys.exit(
+        f"sweep.py: error: cannot import tutorial_atari_pong.py, which must sit beside sweep.py "
+        f"({error})"
+    )
 
 # What is searched: edit it here, like the script's defaults.
 LEARNING_RATE = (1e-5, 1e-2)  # RMSProp learning rate, searched on a log scale
@@ -80,7 +84,6 @@ SET_BY_SWEEP = (
 STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is killed
 POLL_SECONDS = 1  # how often the runs' progress.csv files are read
 WAIT_SECONDS = 5  # how often a sweep with nothing to train looks at the study again
-WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
 OBJECTIVE = (
     "the mean episode reward over the last tenth of the E episodes (reward: points won minus "
     "points lost, -21 to +21), averaged over the seeds"
@@ -116,27 +119,10 @@ def fail(message, status=2):
 # --- The search block and the script ---------------------------------------
 
 
-def script_names():
-    """The script's initialiser names and its default setting, read from its
-    source (importing it would start TensorFlow)."""
-    tree = ast.parse(SCRIPT.read_text(), str(SCRIPT))
-    values = {}
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-        ):
-            name = node.targets[0].id
-            if name in ("learning_rate", "decay_rate", "init"):
-                values[name] = ast.literal_eval(node.value)
-            elif name == "INITIALISERS" and isinstance(node.value, ast.Dict):
-                values[name] = [ast.literal_eval(key) for key in node.value.keys]
-    if "INITIALISERS" not in values or "init" not in values:
-        raise SweepError(
-            f"{SCRIPT.name} has no --init (no INITIALISERS table): it is older than this sweep"
-        )
-    return values
+def script_setting():
+    """The script's default setting: a new study's first trial, and what
+    --enqueue leaves out."""
+    return {name: getattr(pong, name) for name in PARAMS}
 
 
 def check_search_block(known_initialisers):
@@ -273,7 +259,7 @@ def hide_password(url):
         return url
 
 
-def open_study(args, storage, settings):
+def open_study(args, storage, defaults):
     """The study, created if new (with the script's default setting as its
     first trial). Its episodes, seeds and run flags are kept in the study:
     trials are compared only if trained alike."""
@@ -297,7 +283,7 @@ def open_study(args, storage, settings):
     for name, value in wanted.items():
         optuna_study.set_user_attr(name, value)
     if created:
-        tutorial = {name: settings[name] for name in PARAMS}
+        tutorial = dict(defaults)
         if in_search_block(tutorial):
             optuna_study.enqueue_trial(tutorial)
             print(
@@ -305,7 +291,7 @@ def open_study(args, storage, settings):
                 f"({describe(tutorial)})"
             )
     for text in args.enqueue:
-        optuna_study.enqueue_trial(parse_setting(text, settings), skip_if_exists=True)
+        optuna_study.enqueue_trial(parse_setting(text, defaults), skip_if_exists=True)
     return optuna_study
 
 
@@ -430,72 +416,11 @@ def stop_runs(active):
             run.process.wait()
 
 
-# --- Reading a run's progress ---------------------------------------------------
-
-FIELDS = [
-    "episode",
-    "reward",
-    "running_mean",
-    "points_won",
-    "points_lost",
-    "steps",
-    "seconds",
-    "wall_time",
-]
-
-
-def whole_rows(path):
-    """progress.csv's rows that are whole (a hard kill may leave a torn last
-    row, without its line end) and well-formed (an episode number, finite
-    numbers, a wall time), and how many other rows it holds."""
-    # Bytes that are not UTF-8 make their row malformed.
-    with open(path, newline="", errors="replace") as f:
-        lines = f.read().splitlines(keepends=True)[1:]
-    rows = []
-    for line in lines:
-        with contextlib.suppress(csv.Error, StopIteration, ValueError):
-            row = dict(zip(FIELDS, next(csv.reader([line])), strict=True))
-            datetime.datetime.fromisoformat(row["wall_time"])
-            if (
-                line.endswith("\n")
-                and int(row["episode"]) >= 0
-                and all(math.isfinite(float(row[name])) for name in FIELDS[1:-1])
-            ):
-                rows.append(row)
-    return rows, len(lines) - len(rows)
-
-
-def progress_rows(folder, episodes_wanted=math.inf, say_skipped=False):
-    """progress.csv's whole rows for episodes 0..episodes_wanted-1, each once,
-    in order, up to the first missing one (a resume rewrites the file whole)."""
-    path = pathlib.Path(folder) / "progress.csv"
-    try:
-        rows, skipped = whole_rows(path)
-    except FileNotFoundError:
-        return []
-    if skipped and say_skipped:
-        print(f"{path}: skipped {skipped} torn or malformed rows")
-    by_episode = {}
-    for row in rows:
-        by_episode.setdefault(int(row["episode"]), row)
-    ordered = []
-    while len(ordered) < episodes_wanted and len(ordered) in by_episode:
-        ordered.append(by_episode[len(ordered)])
-    return ordered
-
-
-def hours_trained(rows):
-    """The hours of training up to each row: the wall-clock between episodes,
-    leaving out the gaps of stops."""
-    times = np.array(
-        [datetime.datetime.fromisoformat(row["wall_time"]).timestamp() for row in rows]
-    )
-    gaps = np.diff(times, prepend=times[:1])
-    return np.cumsum(np.where((gaps >= 0) & (gaps < WALL_GAP_SECONDS), gaps, 0)) / 3600
+# --- The objective: the last tenth of the runs' episodes --------------------------
 
 
 def training_hours(rows):
-    return float(hours_trained(rows)[-1]) if rows else 0.0
+    return float(pong.hours_trained(rows)[-1]) if rows else 0.0
 
 
 def last_tenth(rows_by_seed, episodes=None):
@@ -608,7 +533,7 @@ def watch(trial, folder, active, args, stop_requested):
         if stop_requested():
             stop_runs(active)
             raise Stopped()
-        rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
+        rows_by_seed = [pong.progress_rows(f, args.episodes) for f in seed_folders]
         reachable = min(len(rows) for rows in rows_by_seed) // args.save_every * args.save_every
         for step in range(
             reported + args.save_every, min(reachable, args.episodes - 1) + 1, args.save_every
@@ -624,7 +549,7 @@ def watch(trial, folder, active, args, stop_requested):
                 stop_runs(active)
                 prune(
                     trial,
-                    [progress_rows(f, args.episodes) for f in seed_folders],
+                    [pong.progress_rows(f, args.episodes) for f in seed_folders],
                     f"pruned at episode {step}: mean running mean {value:+.3f} is below the median",
                     episodes=step,
                 )
@@ -637,7 +562,7 @@ def watch(trial, folder, active, args, stop_requested):
                 if "NaN or infinity" in message:
                     prune(
                         trial,
-                        [progress_rows(f, args.episodes) for f in seed_folders],
+                        [pong.progress_rows(f, args.episodes) for f in seed_folders],
                         f"diverged, seed {run.seed}: {message}",
                     )
                 raise SweepError(
@@ -645,7 +570,7 @@ def watch(trial, folder, active, args, stop_requested):
                     2 if returncode == 2 else 1,
                 )
         if all(run.process.poll() == 0 for run in active):
-            rows_by_seed = [progress_rows(f, args.episodes) for f in seed_folders]
+            rows_by_seed = [pong.progress_rows(f, args.episodes) for f in seed_folders]
             short = [
                 f
                 for f, rows in zip(seed_folders, rows_by_seed, strict=True)
@@ -684,16 +609,16 @@ def trial_counts(optuna_study):
 
 
 def sweep(args):
-    settings = script_names()
-    check_search_block(settings["INITIALISERS"])
+    defaults = script_setting()
+    check_search_block(list(pong.INITIALISERS))
     check_run_flags(args.run_flags)
     for text in args.enqueue:
-        parse_setting(text, settings)
+        parse_setting(text, defaults)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     storage = open_storage(
         storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry
     )
-    optuna_study = open_study(args, storage, settings)
+    optuna_study = open_study(args, storage, defaults)
     optuna_study.pruner = make_pruner(args)
     stop_requested = catch_stop_signals()
     current = {}
@@ -971,212 +896,6 @@ def draw_optuna_plots(optuna_study, folder, plt):
         plt.close(figure)
 
 
-# --- Learning curves: --plot, here and in the script ----------------------------
-
-# The tutorial's claims, as points won: "about 20%" at 15,000 episodes and
-# "about 35%" at 20,000; "after 30,000 episodes it almost never loses".
-TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
-MILESTONE_EVERY = 5000
-
-
-def progress_columns(folder):
-    """A model folder's progress.csv as columns of numbers, with the hours of
-    training since episode 0."""
-    source = os.path.join(folder, "progress.csv")
-    try:
-        with open(source):  # a missing file is an error here, not a run that has not started
-            pass
-        rows = progress_rows(folder, say_skipped=True)
-    except OSError as error:
-        raise SweepError(f"cannot read {source} ({error.strerror or error})") from None
-    if not rows:
-        raise SweepError(f"{source} has no episodes yet")
-    columns = {
-        name: np.array([float(row[name]) for row in rows])
-        for name in ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")
-    }
-    columns["hours"] = hours_trained(rows)
-    return columns
-
-
-def shares_won(run, window):
-    """Per cent of points and of games won over each `window` episodes in a row."""
-
-    def total(values):
-        return np.convolve(values, np.ones(window), "valid")
-
-    won, lost = total(run["points_won"]), total(run["points_lost"])
-    return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
-
-
-def crossings(run):
-    """Where the running mean first went above 0 (beating the built-in
-    player), and where its last stretch above 0 began: (first, last), episode
-    indexes, None where there is none."""
-    above = run["running_mean"] > 0
-    below = np.flatnonzero(~above)
-    last = int(below[-1]) + 1 if below.size else 0
-    return (int(np.argmax(above)) if above.any() else None), (last if last < len(above) else None)
-
-
-def seed_groups(folders):
-    """The lines of a plot: the seed-S folders of one sweep trial are one
-    setting, drawn as their mean and spread; any other folder is its own."""
-    groups = {}
-    for folder in folders:
-        seed_of = re.fullmatch(r"seed-\d+", os.path.basename(os.path.normpath(folder)))
-        groups.setdefault(
-            os.path.dirname(os.path.normpath(folder)) if seed_of else folder, []
-        ).append(folder)
-    return groups
-
-
-def print_milestones(folder, run, shares, window):
-    """The shares won before each 5,000-episode mark and where the running mean crossed 0."""
-    points, games = shares
-    print(
-        f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
-        f"over the {window} episodes before each mark, and over all since the mark before:"
-    )
-    marks = [*range(MILESTONE_EVERY, len(run["episode"]), MILESTONE_EVERY), len(run["episode"])]
-    for start, mark in zip([0, *marks[:-1]], marks, strict=True):
-        block = [
-            share[0]
-            for share in shares_won({k: v[start:mark] for k, v in run.items()}, mark - start)
-        ]
-        print(
-            f"  {mark:>6} episodes: points won {points[mark - window]:5.1f}%, games won "
-            f"{games[mark - window]:5.1f}%, {run['hours'][mark - 1]:5.2f} hours; "
-            f"episodes {start}-{mark - 1}: points won {block[0]:5.1f}%, games won {block[1]:5.1f}%"
-        )
-    steps = np.cumsum(run["steps"])
-    texts = ("running mean first above 0", "above 0 from then on")
-    for text, at in zip(texts, crossings(run), strict=True):
-        print(
-            f"  {text}: "
-            + (
-                "not yet"
-                if at is None
-                else f"episode {at}, after {steps[at] / 1e6:.1f} million "
-                f"agent steps and {run['hours'][at]:.2f} hours ({len(steps) - at} episodes ago)"
-            )
-        )
-    # The tutorial's "almost never loses", and how far any stretch of the run
-    # has come towards it.
-    rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
-    best = [
-        (name, series, int(np.argmax(series)), form)
-        for name, series, form in (
-            ("games won", games, "{:.1f}%"),
-            ("points won", points, "{:.1f}%"),
-            ("mean reward", rewards, "{:+.2f}"),
-        )
-    ]
-    print(
-        f"  best {window} episodes in a row: "
-        + ", ".join(
-            f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})"
-            for name, series, at, form in best
-        )
-    )
-    reached = np.flatnonzero(games >= 90)
-    end = int(reached[0]) + window - 1 if reached.size else None
-    print(
-        f"  90% of games won over {window} episodes in a row: "
-        + (
-            "not yet"
-            if end is None
-            else f"first over episodes {end - window + 1}-{end}, after "
-            f"{steps[end] / 1e6:.1f} million agent steps and {run['hours'][end]:.2f} hours"
-        )
-    )
-
-
-def plot(folders):
-    """The learning curves of model folders in one figure, learning_curve.png
-    in the folder (or the one holding them all), and for each a table of the
-    shares won before each milestone. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = {folder: progress_columns(folder) for folder in folders}
-    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
-    groups = seed_groups(folders)
-    for name, group in groups.items():
-        group_runs = [runs[folder] for folder in group]
-        group_points = [shares[folder][0] for folder in group]
-        draw_group(top, bottom, name, group_runs, group_points, window, alone=len(runs) == 1)
-    for folder, run in runs.items():
-        print_milestones(folder, run, shares[folder], window)
-    mark_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
-    top.set(
-        ylim=(-21.5, 21.5),
-        ylabel="reward (points won - lost)",
-        title="Pong from pixels: " + ", ".join(groups),
-    )
-    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
-    # The line of a game, or a point, won as often as lost.
-    for axis, even in ((top, 0), (bottom, 50)):
-        axis.axhline(even, color="grey", linewidth=0.8)
-        axis.legend(loc="upper left")
-    figure.tight_layout()
-    output = os.path.join(
-        os.path.commonpath([os.path.abspath(folder) for folder in folders]), "learning_curve.png"
-    )
-    figure.savefig(output, dpi=100)
-    print(f"wrote {output}")
-    return figure
-
-
-def draw_group(top, bottom, name, group_runs, group_points, window, alone):
-    """One line of each panel: a folder's curves, or a trial's seeds as their
-    mean with a band from min to max."""
-    length = min(len(run["episode"]) for run in group_runs)
-    episodes = group_runs[0]["episode"][:length]
-    if alone:  # one run: every episode as a dot behind its mean
-        top.plot(
-            episodes, group_runs[0]["reward"], ".", markersize=2, alpha=0.3, label="episode reward"
-        )
-    means = np.array([run["running_mean"][:length] for run in group_runs])
-    points = np.array([share[: length - window + 1] for share in group_points])
-    seeds = len(group_runs)
-    label = name if seeds == 1 else f"{name} (mean of {seeds} seeds, band: min to max)"
-    (line,) = top.plot(
-        episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
-    )
-    bottom.plot(
-        episodes[window - 1 :],
-        points.mean(0),
-        linewidth=2,
-        color=line.get_color(),
-        label=f"{label}: points won",
-    )
-    if seeds > 1:
-        top.fill_between(episodes, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
-        bottom.fill_between(
-            episodes[window - 1 :], points.min(0), points.max(0), color=line.get_color(), alpha=0.2
-        )
-
-
-def mark_tutorial_claims(bottom, last):
-    """The tutorial's claims, where the curves reach them."""
-    for episodes, share in TUTORIAL_CLAIMS:
-        if episodes <= last:
-            bottom.plot(episodes, share, "k*", markersize=10)
-            bottom.annotate(
-                f"tutorial: about {share}%", (episodes, share), (5, 5), textcoords="offset points"
-            )
-    if last >= 30000:
-        bottom.axvline(30000, color="black", linestyle=":", linewidth=1)
-        bottom.annotate(
-            'tutorial: "almost never loses"', (30000, 5), (5, 0), textcoords="offset points"
-        )
-
-
 # --- Flags --------------------------------------------------------------------
 
 
@@ -1212,8 +931,7 @@ def parse_args(argv=None):
         "  python sweep.py --trials 20 --episodes 3000 --seeds 2\n"
         "  python sweep.py --trials 20 --episodes 3000 "
         "--storage postgresql://user:pw@host/db --study pong\n"
-        "  python sweep.py --report\n"
-        "  python sweep.py --plot models/pretrained models/keras-rmsprop",
+        "  python sweep.py --report",
     )
     add_trial_flags(parser)
     add_sweep_flags(parser)
@@ -1291,22 +1009,11 @@ def add_sweep_flags(parser):
         action="store_true",
         help="print the study's trials, best first, and draw RUNS/STUDY/report.png; train nothing",
     )
-    parser.add_argument(
-        "--plot",
-        nargs="+",
-        metavar="DIR",
-        help="draw learning_curve.png from each DIR's progress.csv into one figure (in the folder "
-        "that holds them all), and print the shares won every 5,000 episodes and where the "
-        "running mean went above 0 (tutorial_atari_pong.py --plot draws the same); no study needed",
-    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        if args.plot:
-            plot(args.plot)
-            return 0
         return report(args) if args.report else sweep(args)
     except SweepError as error:
         fail(error, error.status)
