@@ -33,15 +33,6 @@ def pong():
     return module
 
 
-@pytest.fixture(scope="session")
-def sweep():
-    """sweep.py as a module (no TensorFlow)."""
-    spec = importlib.util.spec_from_file_location("sweep", SCRIPT.parent / "sweep.py")
-    module = sys.modules["sweep"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclasses.dataclass
 class Run:
     cwd: pathlib.Path
