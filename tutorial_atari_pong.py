@@ -20,6 +20,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import glob
 import math
 import multiprocessing
@@ -39,9 +40,10 @@ import numpy as np
 # Defaults: edit them here, or override them with the flags of the same name.
 render = False  # show the game in a window (needs a display)
 resume = False  # continue from the checkpoint in model_dir
+network = "mlp"  # the policy: "mlp", the tutorial's 6400->hidden->3, or "cnn", Mnih et al. 2013's
 init = "glorot-uniform"  # the weights' initialiser: one of INITIALISERS below (biases start at 0)
 image_size = 80  # frames are cropped and downsampled to image_size x image_size
-hidden = 200  # units in the hidden layer
+hidden = 200  # units in the hidden layer (of the "mlp"; the "cnn" has 256)
 batch_size = 10  # episodes per parameter update
 learning_rate = 1e-4
 gamma = 0.99  # discount factor for rewards
@@ -54,6 +56,7 @@ record_scale = 3  # with --record, each pixel becomes a record_scale x record_sc
 seed = 1
 envs = None  # episodes played at once, one worker process each; None: one per core on Linux, else 1
 
+NETWORKS = ("mlp", "cnn")
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
 MAX_EPISODE_STEPS = 10000  # gym's Pong-v0 cut episodes here (ale-py's registration has no limit)
 CHECKPOINT_FORMAT = 2  # the one read and written (format 1 held Keras RMSprop's state)
@@ -203,6 +206,153 @@ def sample_action(probs, rng):
     return ACTIONS[2 - int(u < probs[0]) - int(u < probs[0] + probs[1])]
 
 
+# --- The convolutional policy: --network cnn ---------------------------------
+
+# Mnih et al. 2013's network on the tutorial's 80x80 difference frame, as one channel: 16 filters
+# 8x8 stride 4 (19x19 windows), 32 filters 4x4 stride 2 (8x8 positions), 256 relu units.
+CONV1_FILTERS = 16
+CONV2_FILTERS = 32
+CNN_HIDDEN = 256
+CONV1_TAPS = 8 * 8  # a conv1 window's pixels
+CONV2_TAPS = 4 * 4  # a conv2 position's windows
+WINDOWS_SIDE = (image_size - 8) // 4 + 1  # conv1's windows: 19 x 19
+WINDOWS = WINDOWS_SIDE * WINDOWS_SIDE
+POSITIONS_SIDE = (WINDOWS_SIDE - 4) // 2 + 1  # conv2's positions: 8 x 8
+POSITIONS = POSITIONS_SIDE * POSITIONS_SIDE
+CNN_CHUNK_STEPS = 4096  # the update's chunks: conv1's output is 361 x 16 floats a step
+
+
+def build_cnn_policy(seed_value, init_name=init):
+    """The convolutional network: weights from the named initialiser, zero biases."""
+    zeros = tl.initializers.zeros()
+    inputs = tl.layers.Input([None, image_size, image_size, 1], name="input")
+    x = tl.layers.Conv2d(
+        CONV1_FILTERS,
+        (8, 8),
+        (4, 4),
+        act=tf.nn.relu,
+        padding="VALID",
+        W_init=initialiser(init_name, seed_value),
+        b_init=zeros,
+        in_channels=1,
+        name="conv1",
+    )(inputs)
+    x = tl.layers.Conv2d(
+        CONV2_FILTERS,
+        (4, 4),
+        (2, 2),
+        act=tf.nn.relu,
+        padding="VALID",
+        W_init=initialiser(init_name, seed_value + 1),
+        b_init=zeros,
+        in_channels=CONV1_FILTERS,
+        name="conv2",
+    )(x)
+    x = tl.layers.Flatten(name="flatten")(x)
+    x = tl.layers.Dense(
+        CNN_HIDDEN,
+        act=tf.nn.relu,
+        W_init=initialiser(init_name, seed_value + 2),
+        b_init=zeros,
+        name="hidden",
+    )(x)
+    outputs = tl.layers.Dense(
+        len(ACTIONS), W_init=initialiser(init_name, seed_value + 3), b_init=zeros, name="output"
+    )(x)
+    return tl.models.Model(inputs=inputs, outputs=outputs, name="policy")
+
+
+def windows_of_cells(size, kernel, stride):
+    """For a VALID convolution whose kernel is twice its stride, each input cell's windows and
+    its tap in each: two (size * size + 1, 4) arrays. A cell in fewer than 4 windows, and the
+    spare last cell, name the spare window out * out."""
+    out = (size - kernel) // stride + 1
+    rows, cols = np.divmod(np.arange(size * size), size)
+    windows = []
+    taps = []
+    for up in (0, 1):
+        for left in (0, 1):
+            row = rows // stride - up
+            col = cols // stride - left
+            tap_row = rows - row * stride
+            tap_col = cols - col * stride
+            inside = (row >= 0) & (row < out) & (col >= 0) & (col < out)
+            inside &= (tap_row < kernel) & (tap_col < kernel)
+            windows.append(np.where(inside, row * out + col, out * out))
+            taps.append(np.where(inside, tap_row * kernel + tap_col, 0))
+    spare = [[out * out] * 4], [[0] * 4]
+    return np.vstack([np.stack(windows, 1), spare[0]]), np.vstack([np.stack(taps, 1), spare[1]])
+
+
+def cells_of_windows(size, kernel, stride):
+    """For a VALID convolution, each window's input cells in tap order: (out * out, kernel ** 2)."""
+    out = (size - kernel) // stride + 1
+    ranges = [np.arange(n) for n in (out, out, kernel, kernel)]
+    row, col, tap_row, tap_col = np.meshgrid(*ranges, indexing="ij")
+    cells = (row * stride + tap_row) * size + col * stride + tap_col
+    return cells.reshape(out * out, kernel * kernel)
+
+
+PIXEL_WINDOWS, PIXEL_TAPS = windows_of_cells(image_size, 8, 4)  # conv1: each pixel's windows
+WINDOW_POSITIONS, _ = windows_of_cells(WINDOWS_SIDE, 4, 2)  # conv2: positions reading each window
+POSITION_WINDOWS = cells_of_windows(WINDOWS_SIDE, 4, 2)  # conv2: the windows each position reads
+
+
+def cnn_base(weights):
+    """The convolutional policy's activations for a frame without motion (the biases alone):
+    conv1's (with a spare row), conv2's and the hidden layer's before its relu."""
+    conv1_w, conv1_b, conv2_w, conv2_b, hidden_w, hidden_b = weights[:6]
+    conv1 = np.tile(np.maximum(conv1_b, 0), (WINDOWS + 1, 1))
+    patches = conv1[POSITION_WINDOWS].reshape(POSITIONS, -1)
+    conv2 = np.maximum(patches @ conv2_w.reshape(-1, CONV2_FILTERS) + conv2_b, 0)
+    return conv1, conv2, conv2.ravel() @ hidden_w + hidden_b
+
+
+def cnn_action_probabilities(weights, base, changed, signs):
+    """Softmax of the convolutional policy for one sparse difference frame, in numpy. A changed
+    pixel alters at most 4 of conv1's windows, each of which at most 4 of conv2's positions: only
+    those are computed, and the hidden layer adds what they change to its base (cnn_base)."""
+    conv1_w, conv1_b, conv2_w, conv2_b, hidden_w, _, output_w, output_b = weights
+    conv1_base, conv2_base, hidden_base = base
+    windows, rows = np.unique(PIXEL_WINDOWS[changed], return_inverse=True)
+    patches = np.zeros((len(windows), CONV1_TAPS), np.float32)
+    patches[rows.ravel(), PIXEL_TAPS[changed].ravel()] = np.repeat(signs, 4)
+    conv1 = conv1_base.copy()
+    conv1[windows] = np.maximum(patches @ conv1_w.reshape(CONV1_TAPS, -1) + conv1_b, 0)
+    positions = np.unique(WINDOW_POSITIONS[windows])
+    positions = positions[positions < POSITIONS]
+    patches = conv1[POSITION_WINDOWS[positions]].reshape(len(positions), CONV2_TAPS * CONV1_FILTERS)
+    conv2 = np.maximum(patches @ conv2_w.reshape(-1, CONV2_FILTERS) + conv2_b, 0)
+    change = (conv2 - conv2_base[positions]).ravel()
+    rows_changed = hidden_w.reshape(POSITIONS, -1, CNN_HIDDEN)[positions].reshape(-1, CNN_HIDDEN)
+    hidden_units = np.maximum(hidden_base + change @ rows_changed, 0)
+    logits = hidden_units @ output_w + output_b
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+def patch_entries(indices, signs):
+    """A chunk's changed pixels, (step, pixel) and sign, as the nonzero entries of its conv1
+    patches: row step * 361 + window, column the tap (each pixel enters up to 4 windows), in the
+    row-major order a CSR matrix is built from."""
+    steps = indices[:, 0]
+    windows = PIXEL_WINDOWS[indices[:, 1]]
+    inside = windows < WINDOWS
+    rows = (steps[:, None] * WINDOWS + windows)[inside]
+    columns = PIXEL_TAPS[indices[:, 1]][inside]
+    values = np.broadcast_to(signs[:, None], windows.shape)[inside]
+    order = np.lexsort((columns, rows))
+    return np.stack([rows[order], columns[order]], axis=1), values[order]
+
+
+def probabilities_function(weights):
+    """The policy that chooses the actions, from its weights as numpy arrays: the tutorial's
+    network (four arrays) or the convolutional one (eight), whose base is computed once here."""
+    if len(weights) == 4:
+        return functools.partial(action_probabilities, weights)
+    return functools.partial(cnn_action_probabilities, weights, cnn_base(weights))
+
+
 # --- Returns and the update ------------------------------------------------
 
 
@@ -248,13 +398,10 @@ def sparse_product(frames, weights):
     return product(weights)
 
 
-def make_gradient_fn(model):
-    """A compiled function: gradient of the tutorial's loss on one chunk of n_steps difference
-    frames, given as (step, pixel) indices and signs. The model's layers, with a sparse product in
-    the first."""
-    hidden_layer = model.get_layer("hidden")
-    output_layer = model.get_layer("output")
-    signature = [
+def chunk_signature():
+    """What a gradient function takes: a chunk of n_steps difference frames and their labels and
+    returns."""
+    return [
         tf.TensorSpec([None, 2], tf.int64),  # (step, pixel) of each changed pixel
         tf.TensorSpec([None], tf.float32),  # its sign
         tf.TensorSpec([], tf.int64),  # steps in the chunk
@@ -262,7 +409,15 @@ def make_gradient_fn(model):
         tf.TensorSpec([None], tf.float32),  # each step's return
     ]
 
-    @tf.function(input_signature=signature)
+
+def make_gradient_fn(model):
+    """A compiled function: gradient of the tutorial's loss on one chunk of n_steps difference
+    frames, given as (step, pixel) indices and signs. The model's layers, with a sparse product in
+    the first."""
+    hidden_layer = model.get_layer("hidden")
+    output_layer = model.get_layer("output")
+
+    @tf.function(input_signature=chunk_signature())
     def chunk_gradient(indices, signs, n_steps, labels, returns):
         with tf.GradientTape() as tape:
             dense_shape = tf.stack([n_steps, hidden_layer.W.shape[0]])
@@ -274,6 +429,34 @@ def make_gradient_fn(model):
 
     chunk_gradient.get_concrete_function()  # trace now, not during the first update
     return chunk_gradient
+
+
+def make_cnn_gradient_fn(model):
+    """The same for the convolutional policy: conv1 as a sparse product of the chunk's patches
+    (patch_entries: at most 4 a changed pixel) with its filters, then the model's layers."""
+    conv1, conv2, flatten, hidden_layer, output_layer = (
+        model.get_layer(name) for name in ("conv1", "conv2", "flatten", "hidden", "output")
+    )
+
+    @tf.function(input_signature=chunk_signature())
+    def chunk_gradient(indices, signs, n_steps, labels, returns):
+        with tf.GradientTape() as tape:
+            dense_shape = tf.stack([n_steps * WINDOWS, CONV1_TAPS])
+            patches = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
+            filters = tf.reshape(conv1.W, [CONV1_TAPS, CONV1_FILTERS])
+            windows = sparse_product(patches, filters) + conv1.b
+            first = conv1.act(tf.reshape(windows, [-1, WINDOWS_SIDE, WINDOWS_SIDE, CONV1_FILTERS]))
+            logits = output_layer(hidden_layer(flatten(conv2(first))))
+            loss = tl.rein.cross_entropy_reward_loss(logits, labels, returns)
+        return tape.gradient(loss, model.trainable_weights)
+
+    chunk_gradient.get_concrete_function()  # trace now, not during the first update
+
+    def gradient(indices, signs, n_steps, labels, returns):
+        patch_indices, patch_signs = patch_entries(indices, signs)
+        return chunk_gradient(patch_indices, patch_signs, n_steps, labels, returns)
+
+    return gradient
 
 
 @dataclasses.dataclass
@@ -404,6 +587,7 @@ def point_line(number, game, seconds, reward):
 def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
     """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps;
     return it as an Episode, or None if told to stop part-way. say() gets one line per point."""
+    probabilities = probabilities_function(weights)
     env.reset()
     screen = env.ale.getScreen()
     previous = prepro(screen)  # the first step sees no motion
@@ -420,7 +604,7 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
             current = prepro(screen)
             changed, changed_signs = diff_frame(current, previous)
             previous = current
-            action = sample_action(action_probabilities(weights, changed, changed_signs), rng)
+            action = sample_action(probabilities(changed, changed_signs), rng)
             _, reward, terminated, truncated, _ = env.step(action)
             env.ale.getScreen(screen)
             if video is not None:
@@ -481,7 +665,10 @@ class Training:
         self.directory = os.path.dirname(path) or "."
         self.staging = staging
         self.log = None
-        self.model = build_policy(args.hidden, args.seed, args.init)
+        if args.network == "cnn":
+            self.model = build_cnn_policy(args.seed, args.init)
+        else:
+            self.model = build_policy(args.hidden, args.seed, args.init)
         self.optimizer = make_optimizer(self.model, args.learning_rate, args.decay_rate)
         self.episode = 0
         self.running_mean = None
@@ -496,7 +683,10 @@ class Training:
                 print("settings changed since the checkpoint: " + ", ".join(changes))
         self.model.eval()
         print_policy(self.model)
-        self.gradient_fn = make_gradient_fn(self.model)
+        if args.network == "cnn":
+            self.gradient_fn = make_cnn_gradient_fn(self.model)
+        else:
+            self.gradient_fn = make_gradient_fn(self.model)
         self.log = ProgressLog(staging or self.directory, self.episode)
 
     def weights(self):
@@ -516,8 +706,9 @@ class Training:
     def update(self):
         """One RMSProp step on the batch, which then starts afresh."""
         started = time.perf_counter()
+        chunk = CNN_CHUNK_STEPS if self.args.network == "cnn" else UPDATE_CHUNK_STEPS
         steps = update_policy(
-            self.model, self.optimizer, self.gradient_fn, self.batch, self.args.gamma
+            self.model, self.optimizer, self.gradient_fn, self.batch, self.args.gamma, chunk
         )
         print(
             f"batch over ({len(self.batch)} episodes, {steps} steps)...... updated parameters "
@@ -530,6 +721,8 @@ class Training:
         self.log.summary.flush()  # first: the log may run ahead of the checkpoint, never behind it
         name = os.path.basename(self.path)
         settings = {setting: getattr(self.args, setting) for setting in SETTINGS}
+        if self.args.network != "mlp":  # a checkpoint without it holds the tutorial's network
+            settings["network"] = self.args.network
         save_checkpoint(
             os.path.join(self.staging or self.directory, name),
             self.model,
@@ -695,9 +888,36 @@ def load_arrays(path):
         ) from None
 
 
-def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size):
+def weight_shapes(network_name, hidden_units, input_size=image_size * image_size):
+    """The policy's weights by checkpoint name, in the model's order, with their shapes."""
+    if network_name == "cnn":
+        return {
+            "conv1/filters": (8, 8, 1, CONV1_FILTERS),
+            "conv1/biases": (CONV1_FILTERS,),
+            "conv2/filters": (4, 4, CONV1_FILTERS, CONV2_FILTERS),
+            "conv2/biases": (CONV2_FILTERS,),
+            "hidden/weights": (POSITIONS * CONV2_FILTERS, CNN_HIDDEN),
+            "hidden/biases": (CNN_HIDDEN,),
+            "output/weights": (CNN_HIDDEN, len(ACTIONS)),
+            "output/biases": (len(ACTIONS),),
+        }
+    return {
+        "hidden/weights": (input_size, hidden_units),
+        "hidden/biases": (hidden_units,),
+        "output/weights": (hidden_units, len(ACTIONS)),
+        "output/biases": (len(ACTIONS),),
+    }
+
+
+def checkpoint_network(arrays):
+    """The network a checkpoint holds: one without config/network holds the tutorial's."""
+    return str(arrays["config/network"]) if "config/network" in arrays else "mlp"
+
+
+def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size, network_name=None):
     """Load and check a checkpoint (numpy only, no pickle) for a network of hidden_units (None: the
-    checkpoint's own, as --play takes it). Raises CheckpointError."""
+    checkpoint's own, as --play takes it) and the named network (None: the checkpoint's own).
+    Raises CheckpointError."""
     arrays = load_arrays(path)
     if "state/format" not in arrays:
         raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
@@ -706,14 +926,15 @@ def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size)
             f"{path} has checkpoint format {int(arrays['state/format'])}; "
             f"this script reads format {CHECKPOINT_FORMAT} only"
         )
+    trained_network = checkpoint_network(arrays)
+    if network_name is not None and network_name != trained_network:
+        raise CheckpointError(
+            f"{path} holds a --network {trained_network} policy, this run has --network "
+            f"{network_name}"
+        )
     if hidden_units is None:
         hidden_units = len(arrays.get("hidden/biases", ()))
-    shapes = {
-        "hidden/weights": (input_size, hidden_units),
-        "hidden/biases": (hidden_units,),
-        "output/weights": (hidden_units, len(ACTIONS)),
-        "output/biases": (len(ACTIONS),),
-    }
+    shapes = weight_shapes(trained_network, hidden_units, input_size)
     expected = {
         **shapes,
         **{"mean_square/" + name: shape for name, shape in shapes.items()},
@@ -1151,7 +1372,7 @@ def settings_changed(arrays, args):
 
 def resumable(path, args):
     """The checkpoint --resume continues, checked; one line if it cannot be."""
-    arrays = read_checkpoint(path, args.hidden)
+    arrays = read_checkpoint(path, args.hidden, network_name=args.network)
     pending = len(arrays.get("pending/steps", []))
     trained_batch = arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
@@ -1234,8 +1455,7 @@ def play(args):
     path = checkpoint_path(args)
     arrays = read_checkpoint(path, args.hidden)
     stop = stop_flag()
-    weight_names = ("hidden/weights", "hidden/biases", "output/weights", "output/biases")
-    weights = [arrays[name] for name in weight_names]
+    weights = [arrays[name] for name in weight_shapes(checkpoint_network(arrays), args.hidden)]
     results = []
     player = make_player(args, 0, 1)
     try:
@@ -1500,7 +1720,13 @@ def make_parser(with_defaults=True):
     flag("--learning-rate", "RMSProp learning rate", type=positive_float, default=learning_rate)
     flag("--gamma", "reward discount factor", type=discount, default=gamma)
     flag("--decay-rate", "RMSProp decay of the mean square", type=decay, default=decay_rate)
-    flag("--hidden", "units in the hidden layer", type=positive_int, default=hidden)
+    flag(
+        "--network",
+        "the policy: the tutorial's mlp or Mnih et al. 2013's cnn",
+        choices=NETWORKS,
+        default=network,
+    )
+    flag("--hidden", "units in the hidden layer of the mlp", type=positive_int, default=hidden)
     flag(
         "--init", "the weights' initialiser (biases start at 0)", choices=INITIALISERS, default=init
     )
@@ -1570,7 +1796,7 @@ def make_parser(with_defaults=True):
 PLAY_FLAGS = {"play", "render", "seed", "envs", "hidden", "model_dir", "model", "record"}
 RECORDING_FLAGS = {"record_scale", "record_gif"}  # with --record, for play and training alike
 TRAINING_FLAGS = {"resume", "restart", "episodes", "batch_size", "learning_rate", "gamma"}
-TRAINING_FLAGS |= {"decay_rate", "init", "save_every", "record_every"}
+TRAINING_FLAGS |= {"decay_rate", "init", "save_every", "record_every", "network"}
 TRAINING_FLAGS |= PLAY_FLAGS - {"play"} | RECORDING_FLAGS
 
 
@@ -1629,6 +1855,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     given = vars(make_parser(with_defaults=False).parse_args(argv))
     refuse_idle_flags(given, parser)
+    if args.network == "cnn" and "hidden" in given:
+        parser.error(
+            f"--hidden does nothing with --network cnn (its hidden layer has {CNN_HIDDEN})"
+        )
+    if args.play and "hidden" not in given:
+        args.hidden = None  # the checkpoint's own
     resolve_envs(args, parser)
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if args.render and sys.platform.startswith("linux") and not has_display:
