@@ -1454,8 +1454,14 @@ def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
     arrays = read_checkpoint(path, args.hidden)
+    network_name = checkpoint_network(arrays)
+    if network_name == "cnn" and args.hidden is not None:
+        fail(
+            f"{path} holds a --network cnn policy, whose hidden layer has {CNN_HIDDEN} units: "
+            f"--hidden {args.hidden} does nothing with it"
+        )
     stop = stop_flag()
-    weights = [arrays[name] for name in weight_shapes(checkpoint_network(arrays), args.hidden)]
+    weights = [arrays[name] for name in weight_shapes(network_name, args.hidden)]
     results = []
     player = make_player(args, 0, 1)
     try:
