@@ -7,11 +7,14 @@ each run is tutorial_atari_pong.py itself, unchanged, as a subprocess, in
 its own folder RUNS/STUDY/trial-NNNN/seed-S/. The study lives in a database
 (an SQLite file in the runs folder, or any URL Optuna takes), so the same
 command carries on after a stop, and many machines pointed at one database
-share one study.
+share one study. A study searches one network's settings: the --network it
+was made with, which it records; comparing the networks is two studies (the
+same settings in both with --enqueue).
 
     python sweep.py --trials 20 --episodes 3000 --seeds 2     # search, on this machine
     python sweep.py --trials 20 --episodes 3000 -- --hidden 100   # flags after -- go to every run
     python sweep.py --report                                   # which settings win
+    python sweep.py --network cnn --study pong-cnn             # the convolutional policy's study
     python tutorial_atari_pong.py --plot runs/pong/trial-0003/seed-*   # a trial's curves
 """
 
@@ -56,6 +59,7 @@ episodes = 3000  # episodes each run of a trial trains
 seeds = 2  # runs per trial, seeds 1..seeds, side by side
 runs = "runs"  # the trials' folders: RUNS/STUDY/trial-NNNN/seed-S/
 study = "pong"
+network = pong.network  # the policy every run of the study trains: the script's default
 save_every = 100  # episodes between checkpoints and between reports to the pruner
 grace_period = 120  # seconds without a heartbeat before a trial counts as dead and is retried
 
@@ -69,6 +73,7 @@ SET_BY_SWEEP = (
     "--learning-rate",
     "--decay-rate",
     "--init",
+    "--network",
     "--episodes",
     "--save-every",
     "--resume",
@@ -82,6 +87,9 @@ SET_BY_SWEEP = (
     "--record-gif",
 )
 STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is killed
+# A study made before sweeps named a network has no "network" attribute: its runs
+# trained the script's network of that time, the tutorial's.
+OLD_STUDY_NETWORK = "mlp"
 POLL_SECONDS = 1  # how often the runs' progress.csv files are read
 WAIT_SECONDS = 5  # how often a sweep with nothing to train looks at the study again
 OBJECTIVE = (
@@ -191,18 +199,25 @@ def describe(setting):
     )
 
 
-def check_run_flags(flags):
-    """Flags after --: any of the script's, except those the sweep sets for each run."""
+def abbreviates(flag, full_name):
+    """Whether flag (or --flag=value) names full_name, as argparse reads a shortened flag."""
+    name = flag.split("=", 1)[0]
+    return name.startswith("--") and len(name) > 2 and full_name.startswith(name)
+
+
+def check_run_flags(flags, network_name):
+    """Flags after --: any of the script's, except those the sweep sets for each run, and
+    --hidden with the cnn, which the script would refuse in every run of every trial."""
     for flag in flags:
-        name = flag.split("=", 1)[0]
-        if (
-            name.startswith("--")
-            and len(name) > 2
-            and any(taken.startswith(name) for taken in SET_BY_SWEEP)
-        ):
+        if any(abbreviates(flag, taken) for taken in SET_BY_SWEEP):
             raise SweepError(
                 f"{flag} after --: the sweep sets it for each run itself (it sets "
-                f"{', '.join(SET_BY_SWEEP[:8])}; the other flags it leaves out)"
+                f"{', '.join(SET_BY_SWEEP[:9])}; the other flags it leaves out)"
+            )
+        if network_name == "cnn" and abbreviates(flag, "--hidden"):
+            raise SweepError(
+                f"{flag} after --: --hidden does nothing with --network cnn (its hidden layer "
+                f"has {pong.CNN_HIDDEN})"
             )
 
 
@@ -267,9 +282,12 @@ def open_study(args, storage, defaults):
         optuna_study = optuna.create_study(
             study_name=args.study, storage=storage, direction="maximize"
         )
+        # First of all: a sweep that finds the study from now on checks it.
+        optuna_study.set_user_attr("network", args.network)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         optuna_study = optuna.load_study(study_name=args.study, storage=storage)
+        check_network(optuna_study, args)
         created = False
     wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
     kept = {
@@ -287,12 +305,26 @@ def open_study(args, storage, defaults):
         if in_search_block(tutorial):
             optuna_study.enqueue_trial(tutorial)
             print(
-                f"new study {args.study}: its first trial is the tutorial's setting "
-                f"({describe(tutorial)})"
+                f"new study {args.study} (--network {args.network}): its first trial is the "
+                f"tutorial's setting ({describe(tutorial)})"
             )
     for text in args.enqueue:
         optuna_study.enqueue_trial(parse_setting(text, defaults), skip_if_exists=True)
     return optuna_study
+
+
+def study_network(user_attrs):
+    return user_attrs.get("network", OLD_STUDY_NETWORK)
+
+
+def check_network(optuna_study, args):
+    """A study never mixes networks: the pruner's median and the report compare its trials."""
+    trained = study_network(optuna_study.user_attrs)
+    if trained != args.network:
+        raise SweepError(
+            f"study {args.study} trains --network {trained}, this command has --network "
+            f"{args.network}: use another --study (a study's trials all train one network)"
+        )
 
 
 def command_line(kept):
@@ -377,6 +409,8 @@ class Run:
             repr(setting["decay_rate"]),
             "--init",
             setting["init"],
+            "--network",
+            args.network,
             "--save-every",
             str(args.save_every),
             "--episodes",
@@ -469,6 +503,9 @@ def make_objective(args, stop_requested, current):
         if stop_requested():  # Ctrl-C came while Optuna handed out this trial
             raise Stopped()
         setting = suggest(trial)
+        # A sweep that loaded the study as another was creating it saw no network yet:
+        # its trial goes back into the queue, untrained (after suggest: with its setting).
+        check_network(trial.study, args)
         folder = trial_folder(args, trial)
         trial.set_user_attr("host", socket.gethostname())
         announce(trial, setting, folder, args.seeds)
@@ -611,7 +648,7 @@ def trial_counts(optuna_study):
 def sweep(args):
     defaults = script_setting()
     check_search_block(list(pong.INITIALISERS))
-    check_run_flags(args.run_flags)
+    check_run_flags(args.run_flags, args.network)
     for text in args.enqueue:
         parse_setting(text, defaults)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
@@ -724,9 +761,10 @@ def report(args):
         all_trials,
         key=lambda t: (order[t.state], -t.user_attrs.get("mean_reward", -math.inf), t.number),
     )
+    attrs = optuna_study.user_attrs
     print(
-        f"study {args.study}: {command_line(optuna_study.user_attrs)}; objective: mean episode "
-        "reward over the last tenth of the episodes, averaged over the seeds"
+        f"study {args.study}: --network {study_network(attrs)} {command_line(attrs)}; objective: "
+        "mean episode reward over the last tenth of the episodes, averaged over the seeds"
     )
     print(
         f"{'trial':>5}  {'learning_rate':>13}  {'decay_rate':>10}  {'init':<16}  {'state':<18}  "
@@ -794,11 +832,14 @@ def draw_report(optuna_study, all_trials, folder):
     folder.mkdir(parents=True, exist_ok=True)
     figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     draw_objective_by_setting(figure, left, all_trials)
-    left.set_title(f"study {optuna_study.study_name}: objective by setting")
+    network_name = study_network(optuna_study.user_attrs)
+    title = f"study {optuna_study.study_name} (--network {network_name}): objective by setting"
+    left.set_title(title)
     draw_reported_means(right, all_trials)
     figure.tight_layout()
     path = folder / "report.png"
-    figure.savefig(path, dpi=100)
+    # The title in the file's metadata too: what an image viewer, or a test, reads back.
+    figure.savefig(path, dpi=100, metadata={"Title": title})
     plt.close(figure)
     draw_optuna_plots(optuna_study, folder, plt)
     return path
@@ -921,7 +962,8 @@ def parse_args(argv=None):
     parser = Parser(
         description=textwrap.fill(
             "Search the tutorial's learning rate, RMSProp decay rate and initialiser with "
-            "Optuna. Each trial trains one setting with seeds 1..S side by side. The "
+            "Optuna, for one --network a study. Each trial trains one setting with seeds 1..S "
+            "side by side. The "
             f"objective: {OBJECTIVE}. Flags after -- go to every run of tutorial_atari_pong.py "
             "(e.g. -- --batch-size 5).",
             79,
@@ -970,6 +1012,13 @@ def add_trial_flags(parser):
     )
     parser.add_argument(
         "--study", default=study, help="the study's name in the database (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--network",
+        choices=pong.NETWORKS,
+        default=network,
+        help="the policy every run trains; a study records its network when it is made and "
+        "refuses another (default: %(default)s)",
     )
     parser.add_argument(
         "--storage",

@@ -381,6 +381,12 @@ def assert_study_intact(cwd):
         (["--storage", "nosuchdb://host/x"], "cannot open the study database"),
         (["--trials", 1, "--", "--seed", "3"], "--seed after --: the sweep sets it"),
         (["--trials", 1, "--", "--learn=1e-3"], "--learn=1e-3 after --"),
+        (["--trials", 1, "--", "--network", "cnn"], "--network after --: the sweep sets it"),
+        (
+            ["--trials", 1, "--network", "cnn", "--", "--hid=8"],
+            "--hid=8 after --: --hidden does nothing with --network cnn",
+        ),
+        (["--trials", 1, "--network", "rnn"], "--network: invalid choice: 'rnn'"),
         (["--trials", 1, "--enqueue", "learning_rate=1"], "outside the search block"),
         (["--trials", 1, "--enqueue", "speed=3"], "expected NAME=VALUE"),
         (["--trials", 1, "--episodes", 9], "study pong trains with --episodes 3000 --seeds 2"),
@@ -575,6 +581,147 @@ def test_the_report_closes_with_the_study_total_of_its_hours_column(tmp_path):
     )
     table = [line.split() for line in result.lines if re.match(r"^\s+\d+\s", line)]
     assert sum(float(row[-1]) for row in table if row[4] in ("complete", "pruned")) == 0.95
+
+
+# --- One network a study ------------------------------------------------------------
+
+ENQUEUED = {"learning_rate": 0.00416, "decay_rate": 0.934, "init": "he-normal"}  # the MLP's winner
+
+
+def study_state(study):
+    """What a refused sweep must leave as it was: the study's attributes and its trials."""
+    return study.user_attrs, [
+        (t.number, t.state, t.params, t.user_attrs, t.system_attrs) for t in study.get_trials()
+    ]
+
+
+def refusal(study, made, asked):
+    return (
+        f"sweep.py: error: study {study} trains --network {made}, this command has --network "
+        f"{asked}: use another --study (a study's trials all train one network)\n"
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("made, asked", [("mlp", "cnn"), ("cnn", "mlp")])
+def test_a_study_keeps_its_network_and_a_sweep_of_another_is_refused(
+    sweep_module, tmp_path, backend, made, asked
+):
+    """The study as sweep.py makes it (its own code, on a real database), then a
+    sweep of the other network: one line, exit 2, the study as it was."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    url = postgres_or_skip() if backend == "postgresql" else f"sqlite:///{tmp_path / 'studies.db'}"
+    flags = ["--storage", url, "--study", name, "--runs", tmp_path / "runs"]
+    args = sweep_module.parse_args([str(f) for f in ["--network", made, *flags]])
+    storage = sweep_module.open_storage(url, must_exist=False)
+    try:
+        study = sweep_module.open_study(args, storage, sweep_module.script_setting())
+        assert study.user_attrs["network"] == made
+        before = study_state(study)
+        result = run_sweep(["--network", asked, "--trials", 1, *flags], tmp_path, timeout=120)
+        assert_one_line_error(result)
+        assert result.stderr == refusal(name, made, asked)
+        assert study_state(study) == before
+        assert not (tmp_path / "runs").exists()
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep's retry
+def test_a_trial_of_a_study_made_meanwhile_for_another_network_waits_untrained(
+    sweep_module, tmp_path
+):
+    """Two sweeps started at once: one makes the study, the other loads it before the
+    maker has written its network. That one's trial stops before it trains, and is queued
+    again with its setting, for a sweep of the study's network."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = sweep_module.parse_args(["--network", "mlp", "--runs", str(tmp_path / "runs")])
+    storage = sweep_module.open_storage(url, must_exist=False)
+    made = optuna.create_study(study_name="pong", storage=storage, direction="maximize")
+    loaded = sweep_module.open_study(args, storage, sweep_module.script_setting())
+    made.set_user_attr("network", "cnn")  # the maker's write, just too late for the check above
+    current = {}
+    objective = sweep_module.make_objective(args, lambda: False, current)
+    with pytest.raises(sweep_module.SweepError, match="trains --network cnn, this command has"):
+        loaded.optimize(objective, n_trials=1)
+    assert sweep_module.retry_later(
+        loaded, current, optuna.storages.RetryHeartbeatStaleTrialCallback()
+    )
+    failed, queued = loaded.get_trials()
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.params == failed.params
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_old_study_without_a_network_counts_as_mlp(study_file):
+    result = run_sweep(["--network", "cnn", "--trials", 1], study_file, timeout=120)
+    assert_one_line_error(result)
+    assert result.stderr == refusal("pong", "mlp", "cnn")
+    assert_study_intact(study_file)
+    assert "network" not in load(study_file).user_attrs
+    # An mlp sweep carries on with it: here, nothing left to train.
+    result = run_sweep(["--network", "mlp", "--trials", 1], study_file, timeout=120)
+    assert result.returncode == 0, result.describe()
+    assert "study pong holds 1 finished trials (--trials 1): done" in result.stdout
+    assert_study_intact(study_file)
+
+
+@pytest.mark.parametrize("recorded, named", [({"network": "cnn"}, "cnn"), ({}, "mlp")])
+def test_the_report_names_the_study_network(tmp_path, recorded, named):
+    (tmp_path / "runs").mkdir()
+    url = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+    study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
+    for attr, value in {**recorded, "episodes": 10, "seeds": 1, "run_flags": []}.items():
+        study.set_user_attr(attr, value)
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=-20.0,
+            params=ENQUEUED,
+            distributions={
+                "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+                "decay_rate": optuna.distributions.FloatDistribution(0.9, 0.999),
+                "init": optuna.distributions.CategoricalDistribution(["he-normal"]),
+            },
+            user_attrs={"mean_reward": -20.0, "episodes": 10, "hours": 0.1},
+        )
+    )
+    result = run_sweep(["--report"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.describe()
+    assert result.lines[0].startswith(f"study pong: --network {named} --episodes 10 --seeds 1; ")
+    from PIL import Image
+
+    with Image.open(tmp_path / "runs" / "pong" / "report.png") as figure:
+        title = figure.text["Title"]
+    assert title == f"study pong (--network {named}): objective by setting"
+
+
+@pytest.mark.e2e
+def test_a_cnn_sweep_trains_cnn_runs_and_keeps_the_enqueued_setting(tmp_path):
+    setting = ",".join(f"{name}={value}" for name, value in ENQUEUED.items())
+    args = ["--trials", 1, "--episodes", 2, "--seeds", 1, "--save-every", 2, "--enqueue", setting]
+    result = run_sweep(["--network", "cnn", *args, "--", "--batch-size", "1"], tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert "new study pong (--network cnn)" in result.stdout
+    study = load(tmp_path)
+    assert study.user_attrs["network"] == "cnn"
+    first, queued = study.get_trials()
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    assert first.params == {"learning_rate": 1e-4, "decay_rate": 0.99, "init": "glorot-uniform"}
+    # The MLP sweep's winner waits as a CNN trial, to compare the networks at one setting.
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.system_attrs["fixed_params"] == ENQUEUED
+    seed_folder = tmp_path / "runs" / "pong" / "trial-0000" / "seed-1"
+    with np.load(seed_folder / "model_pong.npz", allow_pickle=False) as checkpoint:
+        assert str(checkpoint["config/network"]) == "cnn"
+        assert int(checkpoint["state/episode"]) == 2
+    before = study_state(study)
+    refused = run_sweep(["--network", "mlp", *args, "--", "--batch-size", "1"], tmp_path)
+    assert_one_line_error(refused)
+    assert refused.stderr == refusal("pong", "cnn", "mlp")
+    assert study_state(study) == before
+    report = run_sweep(["--report"], tmp_path, timeout=120)
+    assert report.returncode == 0, report.describe()
+    assert report.lines[0].startswith("study pong: --network cnn --episodes 2 --seeds 1 -- ")
 
 
 # --- Many machines: PostgreSQL ------------------------------------------------------
