@@ -9,16 +9,23 @@ In one run, for the same number of agent steps, side by side:
              float32 frames, eager forward per step, dense update every batch)
   own        the project's real training loop, tutorial_atari_pong.main(), at its
              default settings (its --envs default included)
+  own cnn    the same loop with --network cnn (Mnih et al. 2013's convolutional
+             policy), for the same number of episodes, against its own ceiling
 
 and separately the project's update path (update_policy) on one 100,000-step
-batch of synthetic sparse difference frames.
+batch of synthetic sparse difference frames, for each network.
 
 Each variant runs in its own subprocess (this file re-invoked with --variant),
-so its peak RSS is its own. The own loop runs first, for --episodes episodes
-(by default three batches, so three updates and the idle workers at the end of
-each batch are in its figure); the agent steps it played (from its
-progress.csv) are then played by the emulator, the ceiling and the reference
+so its peak RSS is its own. The own loops run first, for --episodes episodes
+each (by default three batches, so three updates and the idle workers at the
+end of each batch are in their figures); the agent steps the MLP's played
+(from its progress.csv) are then played by the emulator and the reference
 loop.
+
+The CNN against the MLP: their agent steps per second while training (each
+over its ceiling, so the machine's drift between their runs cancels), their
+update seconds per 10,000 steps, and where the CNN's extra loop time goes:
+into updating (the trainer, while the workers wait) or into playing.
 
 Prints a table, then as its last line one JSON object.
 
@@ -40,6 +47,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VARIANTS = ("emulator", "reference", "own")  # each one process; the ceiling is K emulator processes
+NETWORKS = ("mlp", "cnn")  # tutorial_atari_pong's --network choices, both timed in each round
 
 
 # --- Measuring -------------------------------------------------------------
@@ -161,23 +169,14 @@ def variant_reference(args):
     return result
 
 
-def variant_own(args):
-    """tutorial_atari_pong.main() for --episodes episodes. The loop is timed
-    from the end of train()'s setup (ProgressLog created, just before its
-    loop starts) to the return of its last update_policy call (--save-every is
-    set past the run, so nothing else follows in the loop); the whole call is
-    timed as well. The hooks only observe: the real functions run. One of them
-    wraps play_episode, in the worker processes too (they are forked after
-    it is in place), to count each episode's CPU seconds and preemptions."""
-    tap = import_project()
-    marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0, "episodes": []}
-    original_log, original_update, original_play = (
-        tap.ProgressLog,
-        tap.update_policy,
-        tap.play_episode,
-    )
+def timing_hooks(tap, marks):
+    """Hooks that observe tutorial_atari_pong's loop and note into `marks`: its start (the
+    ProgressLog created, just before train()'s loop), each episode, and each update_policy
+    call's time and end. The real functions run. The play_episode hook runs in the worker
+    processes too (they are forked after it is in place), to count each episode's CPU seconds
+    and preemptions. Returns them as (ProgressLog, update_policy, play_episode)."""
 
-    class TimedProgressLog(original_log):
+    class TimedProgressLog(tap.ProgressLog):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             marks["machine_start"], marks["trainer_start"] = machine_cpu_times(), process_clock()
@@ -193,6 +192,8 @@ def variant_own(args):
                 )
             )
             return super().add(episode, running_mean)
+
+    original_update, original_play = tap.update_policy, tap.play_episode
 
     def timed_update_policy(*a, **k):
         t = time.perf_counter()
@@ -215,23 +216,30 @@ def variant_own(args):
             )
         return episode
 
-    tap.ProgressLog, tap.update_policy, tap.play_episode = (
-        TimedProgressLog,
-        timed_update_policy,
-        counted_play_episode,
-    )
-    argv = [
-        "--episodes",
-        str(args.episodes),
-        "--model-dir",
-        args.model_dir,
-        "--save-every",
-        str(10**9),
-    ]
+    return TimedProgressLog, timed_update_policy, counted_play_episode
+
+
+def own_argv(args):
+    """main()'s flags for the own variant: --save-every past the run, so that nothing but
+    updates follows in the loop."""
+    argv = ["--episodes", str(args.episodes), "--model-dir", args.model_dir]
+    argv += ["--save-every", str(10**9), "--network", args.network]
     if args.batch_size is not None:
         argv += ["--batch-size", str(args.batch_size)]
     if args.envs is not None:
         argv += ["--envs", str(args.envs)]
+    return argv
+
+
+def variant_own(args):
+    """tutorial_atari_pong.main() for --episodes episodes with --network. The loop is timed
+    from the end of train()'s setup to the return of its last update_policy call (timing_hooks);
+    the whole call is timed as well."""
+    tap = import_project()
+    marks = {"updates": 0, "update_steps": 0, "update_seconds": 0.0, "episodes": []}
+    originals = tap.ProgressLog, tap.update_policy, tap.play_episode
+    tap.ProgressLog, tap.update_policy, tap.play_episode = timing_hooks(tap, marks)
+    argv = own_argv(args)
     log_path = os.path.join(args.model_dir, "stdout.txt")
     try:
         with open(log_path, "w") as log, contextlib.redirect_stdout(log):
@@ -239,20 +247,30 @@ def variant_own(args):
             tap.main(argv)
             whole = time.perf_counter() - started
     finally:
-        tap.ProgressLog, tap.update_policy, tap.play_episode = (
-            original_log,
-            original_update,
-            original_play,
-        )
+        tap.ProgressLog, tap.update_policy, tap.play_episode = originals
     with open(os.path.join(args.model_dir, "progress.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
+    result = own_result(marks, rows, whole)
+    result.update(
+        network=args.network,
+        envs=tap.parse_args(argv).envs,
+        batch_size=tap.parse_args(argv).batch_size,
+        peak_rss_mb=peak_rss_mb(),
+        peak_rss_children_mb=peak_rss_mb(resource.RUSAGE_CHILDREN),
+    )
+    return result
+
+
+def own_result(marks, rows, whole):
+    """The own loop's figures from the hooks' marks and its progress.csv rows; the whole call's
+    seconds where the hooks did not fire (renamed functions?)."""
     steps = sum(int(row["steps"]) for row in rows)
     if "loop_start" in marks and "loop_end" in marks:
         seconds, timed = (
             marks["loop_end"] - marks["loop_start"],
             "training loop, updates included (hooks)",
         )
-    else:  # the hooks did not fire (renamed functions?): fall back to the whole call
+    else:
         seconds, timed = whole, "whole main() call, startup included (hooks did not fire)"
     episode_seconds, episode_cpu, episode_preemptions = (
         (sum(column) for column in zip(*marks["episodes"], strict=True))
@@ -271,10 +289,6 @@ def variant_own(args):
         "seconds": seconds,
         "whole_call_seconds": whole,
         "timed": timed,
-        "envs": tap.parse_args(argv).envs,
-        "batch_size": tap.parse_args(argv).batch_size,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
     }
     if "loop_end" in marks:
         result["trainer_cpu_seconds"] = marks["trainer_end"][0] - marks["trainer_start"][0]
@@ -320,26 +334,39 @@ def synthetic_episodes(tap, total_steps, rng, first_number=0):
     return episodes
 
 
+def update_parts(tap, network):
+    """The network's policy, its optimizer, its gradient function and its chunk size, as
+    tutorial_atari_pong's Training builds them."""
+    if network == "cnn":
+        model = tap.build_cnn_policy(tap.seed)
+    else:
+        model = tap.build_policy(tap.hidden, tap.seed)
+    optimizer = tap.make_optimizer(model, tap.learning_rate, tap.decay_rate)
+    model.eval()
+    if network == "cnn":
+        return model, optimizer, tap.make_cnn_gradient_fn(model), tap.CNN_CHUNK_STEPS
+    return model, optimizer, tap.make_gradient_fn(model), tap.UPDATE_CHUNK_STEPS
+
+
 def variant_update(args):
-    """One update_policy call on an args.update_steps-step synthetic batch,
+    """One update_policy call on an args.update_steps-step synthetic batch, for args.network,
     after a warm-up call on a small batch (tracing the tf.function)."""
     import numpy as np
 
     tap = import_project()
-    model = tap.build_policy(tap.hidden, tap.seed)
-    optimizer = tap.make_optimizer(model, tap.learning_rate, tap.decay_rate)
-    model.eval()
-    gradient_fn = tap.make_gradient_fn(model)
+    model, optimizer, gradient_fn, chunk_steps = update_parts(tap, args.network)
     rng = np.random.default_rng(args.seed)
-    tap.update_policy(model, optimizer, gradient_fn, synthetic_episodes(tap, 2000, rng), tap.gamma)
+    warm_up = synthetic_episodes(tap, 2000, rng)
+    tap.update_policy(model, optimizer, gradient_fn, warm_up, tap.gamma, chunk_steps)
     rss_after_warmup = current_rss_mb()
     episodes = synthetic_episodes(tap, args.update_steps, rng)
     nnz_mean = float(np.mean(np.concatenate([e.nnz for e in episodes])))
     rss_before = current_rss_mb()
     started = time.perf_counter()
-    steps = tap.update_policy(model, optimizer, gradient_fn, episodes, tap.gamma)
+    steps = tap.update_policy(model, optimizer, gradient_fn, episodes, tap.gamma, chunk_steps)
     seconds = time.perf_counter() - started
     return {
+        "network": args.network,
         "steps": steps,
         "episodes": len(episodes),
         "nnz_mean": nnz_mean,
@@ -521,7 +548,7 @@ def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -557,7 +584,8 @@ def main(argv=None):
         type=positive_int,
         default=5,
         help=(
-            "times the own loop and its ceiling are timed back to back (the median round is shown)"
+            "times each network's own loop and its ceiling are timed back to back "
+            "(the median round is shown)"
         ),
     )
     parser.add_argument(
@@ -571,89 +599,129 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.variant:
-        return run_variant(args)
+    parser.add_argument("--network", choices=NETWORKS, default="mlp", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
-    started = time.perf_counter()
-    common = ["--seed", str(args.seed)] + (
+
+def common_flags(args):
+    """The driver's flags that every variant takes."""
+    return ["--seed", str(args.seed)] + (
         [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
     )
 
-    # The own loop and its ceiling, side by side, in --rounds rounds. A
-    # virtual machine's speed drifts by tens of per cent within a minute, so
-    # each own run is bracketed by ceiling runs, one just before and one just
-    # after (each shared with the neighbouring round), and its ratio is to
-    # their mean: a steady drift cancels. A first own run, not counted, gives
-    # the worker count and step count for the first ceiling, and warms the
-    # caches that the first TensorFlow import fills.
-    def own_run():
-        with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
-            own = spawn(
-                "own",
-                common
-                + ["--episodes", str(args.episodes), "--model-dir", model_dir]
-                + ([] if args.envs is None else ["--envs", str(args.envs)]),
-                args.timeout,
-            )
-        if own["updates"] == 0:
-            raise SystemExit(
-                f"benchmark: the own loop made no update in {own['episodes']} episodes: "
-                f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
-                "pass --batch-size too"
-            )
-        return own
 
-    warm_up = own_run()
-    before = spawn_ceiling(warm_up["envs"], warm_up["steps"], args.seed, args.timeout)
-    rounds = []
-    for _ in range(args.rounds):
-        own = own_run()
-        after = spawn_ceiling(own["envs"], own["steps"], args.seed, args.timeout)
-        ceiling = bracketed(before, after)
-        rounds.append((own["steps"] / own["seconds"] / ceiling["summed_steps_per_s"], own, ceiling))
-        before = after
-    ratios = [ratio for ratio, _, _ in rounds]
-    breakdowns = [where_time_went(own, ceiling) for _, own, ceiling in rounds]
-    _, own, ceiling = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
-    results = {"own": own, "ceiling": ceiling}
-    steps = own["steps"]
-    batch_size = own["batch_size"]  # the project's default unless --batch-size
-    results["emulator"] = spawn("emulator", common + ["--steps", str(steps)], args.timeout)
-    if not args.skip_reference:
-        results["reference"] = spawn(
-            "reference",
-            ["--seed", str(args.seed), "--batch-size", str(batch_size), "--steps", str(steps)],
+def own_run(args, network):
+    """One run of the project's training loop with --network `network`, in its own process."""
+    with tempfile.TemporaryDirectory(prefix="pong-bench-") as model_dir:
+        own = spawn(
+            "own",
+            common_flags(args)
+            + ["--episodes", str(args.episodes), "--model-dir", model_dir, "--network", network]
+            + ([] if args.envs is None else ["--envs", str(args.envs)]),
             args.timeout,
         )
-    update = spawn("update", common + ["--update-steps", str(args.update_steps)], args.timeout)
+    if own["updates"] == 0:
+        raise SystemExit(
+            f"benchmark: the own loop made no update in {own['episodes']} episodes: "
+            f"--episodes must be a multiple of the batch size ({own['batch_size']}); "
+            "pass --batch-size too"
+        )
+    return own
 
-    rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
-    rate["ceiling"] = ceiling["summed_steps_per_s"]
-    print(
-        f"Pong-v0 training loop benchmark: {steps} agent steps each "
-        f"(own loop: {own['episodes']} episodes, --envs {own['envs']}, batch size {batch_size})"
-    )
-    print()
+
+def timed_rounds(args):
+    """Each network's own loop and its ceiling, side by side, in --rounds rounds. A virtual
+    machine's speed drifts by tens of per cent within a minute, so each own run is bracketed by
+    ceiling runs, one just before and one just after (each shared with the neighbouring run),
+    and its ratio is to their mean: a steady drift cancels. A round runs the MLP, then the CNN:
+    ceiling, MLP, ceiling, CNN, ceiling, MLP, ... A first MLP run, not counted, gives the worker
+    count and step count for the first ceiling, and warms the caches that the first TensorFlow
+    import fills. Returns each network's rounds as (ratio to the ceiling, own run, ceiling)."""
+    warm_up = own_run(args, "mlp")
+    before = spawn_ceiling(warm_up["envs"], warm_up["steps"], args.seed, args.timeout)
+    rounds = {network: [] for network in NETWORKS}
+    for _ in range(args.rounds):
+        for network in NETWORKS:
+            own = own_run(args, network)
+            after = spawn_ceiling(own["envs"], own["steps"], args.seed, args.timeout)
+            ceiling = bracketed(before, after)
+            ratio = own["steps"] / own["seconds"] / ceiling["summed_steps_per_s"]
+            rounds[network].append((ratio, own, ceiling))
+            before = after
+    return rounds
+
+
+def median_round(rounds):
+    """The round whose ratio to the ceiling is the median (of an even count, the lower)."""
+    return sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
+
+
+def network_figures(rounds, update):
+    """One network's figures: its median round's agent steps per second and ratio to the
+    ceiling; over all its rounds, its loop's seconds per 10,000 agent steps, split into updating
+    (the trainer; the workers wait) and playing (the workers play the batch, and wait for its
+    last episode), and its workers' CPU seconds per 10,000 steps while playing; and its update
+    of the synthetic batch."""
+    owns = [own for _, own, _ in rounds]
+    per_10k = 10_000 / sum(own["steps"] for own in owns)
+    loop = sum(own["seconds"] for own in owns) * per_10k
+    updating = sum(own["update_seconds"] for own in owns) * per_10k
+    ratio, own, _ = median_round(rounds)
+    return {
+        "train_steps_per_s": own["steps"] / own["seconds"],
+        "ratio_vs_ceiling": ratio,
+        "ratio_vs_ceiling_rounds": [r for r, _, _ in rounds],
+        "ratio_vs_ceiling_breakdown": [where_time_went(o, c) for _, o, c in rounds],
+        "loop_s_per_10k_steps": loop,
+        "updating_s_per_10k_steps": updating,
+        "playing_s_per_10k_steps": loop - updating,
+        "worker_cpu_s_per_10k_steps": sum(o["episode_cpu_seconds"] for o in owns) * per_10k,
+        "update_s_per_10k_steps": update["seconds"] / update["steps"] * 10_000,
+        "update_100k_s": update["seconds"],
+        "peak_rss_100k_mb": update["peak_rss_mb"],
+    }
+
+
+def extra_time(mlp, cnn):
+    """Where the CNN's extra loop seconds per 10,000 agent steps go: its updates, or playing
+    (its workers' forward, and their waits for a batch's last episode). No shares when the CNN
+    was not slower: there is no extra time to share out."""
+    extra = {
+        part: cnn[f"{part}_s_per_10k_steps"] - mlp[f"{part}_s_per_10k_steps"]
+        for part in ("loop", "updating", "playing")
+    }
+    slower = extra["loop"] > 0
+    return {
+        "s_per_10k_steps": extra["loop"],
+        "updating_s_per_10k_steps": extra["updating"],
+        "playing_s_per_10k_steps": extra["playing"],
+        "updating_share": extra["updating"] / extra["loop"] if slower else None,
+        "playing_share": extra["playing"] / extra["loop"] if slower else None,
+    }
+
+
+def print_table(rows, emulator_rate, updates):
+    """rows: (name, result, steps/s, x ceiling); then one row per synthetic update."""
     print(
         f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
         f"{'x ceiling':>11}{'peak RSS MB':>13}{'update s':>10}"
     )
-    for name in ("emulator", "ceiling", "reference", "own"):
-        if name not in results:
-            continue
-        r = results[name]
+    for name, r, steps_per_s, x_ceiling in rows:
         print(
-            f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{rate[name]:>10.0f}"
-            f"{rate[name] / rate['emulator']:>12.2f}{rate[name] / rate['ceiling']:>11.2f}"
-            f"{r['peak_rss_mb']:>13.0f}"
+            f"{name:<11}{r['steps']:>8}{r['updates']:>9}{r['seconds']:>9.2f}{steps_per_s:>10.0f}"
+            f"{steps_per_s / emulator_rate:>12.2f}{x_ceiling:>11.2f}{r['peak_rss_mb']:>13.0f}"
             f"{fmt(r.get('update_seconds') if r['updates'] else None, '.2f'):>10}"
         )
-    print(
-        f"{'update':<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}{'':>11}"
-        f"{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}"
-    )
-    print()
+    for network, update in updates.items():
+        name = "update" if network == "mlp" else f"update {network}"
+        print(
+            f"{name:<11}{update['steps']:>8}{1:>9}{update['seconds']:>9.2f}{'':>10}{'':>12}"
+            f"{'':>11}{update['peak_rss_mb']:>13.0f}{update['seconds']:>10.2f}"
+        )
+
+
+def print_notes(own, ceiling, update):
+    """What the table's figures are, for the MLP's loop, its ceiling and its update."""
     print(
         "seconds: emulator = its step loop; reference = its loop with updates; "
         "own = train()'s loop with updates (the whole main() call, startup included, "
@@ -691,45 +759,106 @@ def main(argv=None):
         f"{update['rss_before_update_mb']:.0f} MB before, "
         f"peak {update['peak_rss_mb']:.0f} MB for the whole process."
     )
-    print(
-        "rounds: own / ceiling, each own run between two ceiling runs: "
-        f"{', '.join(format(r, '.2f') for r in ratios)}; the table shows the median round."
-    )
-    print(
-        "where each round's ratio went (own | ceiling): workers playing, "
-        "the rest waiting at batch ends and for updates | on a CPU while playing | "
-        "agent steps per CPU second | preemptions per second | machine idle, stolen"
-    )
+
+
+def print_breakdowns(label, breakdowns):
+    """Each round's own / ceiling ratio taken apart (where_time_went), one line a round."""
     for number, b in enumerate(breakdowns, 1):
         machine = " | ".join(
             f"{m['idle']:.0%}, {m['steal']:.0%}" if m else "-"
             for m in (b["own_machine"], b["ceiling_machine"])
         )
         print(
-            f"  round {number}: {b['ratio']:.2f} = {b['own_playing_share']:.0%} playing | "
+            f"  {label}round {number}: {b['ratio']:.2f} = {b['own_playing_share']:.0%} playing | "
             f"{b['own_on_cpu_share']:.0%} {b['ceiling_on_cpu_share']:.0%} | "
             f"{b['own_steps_per_cpu_s']:.0f} {b['ceiling_steps_per_cpu_s']:.0f} | "
             f"{b['own_preemptions_per_s']:.1f} {b['ceiling_preemptions_per_s']:.1f} | {machine}; "
             f"trainer {b['own_trainer_cpu_share']:.0%} of a CPU"
         )
-    print(
-        f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, "
-        f"{rate['own'] / rate['emulator']:.2f}x the bare emulator"
-        + (
-            f", {rate['own'] / rate['reference']:.1f}x the reference loop."
-            if "reference" in results
-            else "."
+
+
+def print_rounds(figures):
+    """Every round's ratio to the ceiling, and where it went, for each network."""
+    for network, f in figures.items():
+        print(
+            f"rounds, {network}: own / ceiling, each own run between two ceiling runs: "
+            f"{', '.join(format(r, '.2f') for r in f['ratio_vs_ceiling_rounds'])}; "
+            "the table shows the median round."
         )
+    print(
+        "where each round's ratio went (own | ceiling): workers playing, "
+        "the rest waiting at batch ends and for updates | on a CPU while playing | "
+        "agent steps per CPU second | preemptions per second | machine idle, stolen"
     )
-    print(f"benchmark wall time {time.perf_counter() - started:.1f} s")
-    summary = {
-        "steps": steps,
+    for network, f in figures.items():
+        print_breakdowns("" if network == "mlp" else f"{network} ", f["ratio_vs_ceiling_breakdown"])
+
+
+def print_cnn(mlp, cnn, comparison, update):
+    """The CNN against the MLP: training speed, update cost and memory, and where its extra time
+    goes."""
+    print(
+        f"CNN / MLP training agent steps per second: {comparison['cnn_over_mlp']:.2f} "
+        "(the median rounds, each against its own ceiling; round by round: "
+        f"{', '.join(format(r, '.2f') for r in comparison['cnn_over_mlp_rounds'])})."
+    )
+    print(
+        f"update seconds per 10,000 steps, of the {update['steps']}-step synthetic batch: "
+        f"mlp {mlp['update_s_per_10k_steps']:.3f}, cnn {cnn['update_s_per_10k_steps']:.3f}; "
+        f"in the loop, of real batches: mlp {mlp['updating_s_per_10k_steps']:.3f}, "
+        f"cnn {cnn['updating_s_per_10k_steps']:.3f}."
+    )
+    print(
+        f"update cnn: peak RSS {update['peak_rss_mb']:.0f} MB for the whole process "
+        f"({update['rss_before_update_mb']:.0f} MB before the {update['steps']}-step batch)."
+    )
+    for name, f in (("mlp", mlp), ("cnn", cnn)):
+        print(
+            f"{name}, all rounds, per 10,000 agent steps: loop {f['loop_s_per_10k_steps']:.2f} s "
+            f"= updating {f['updating_s_per_10k_steps']:.2f} s + playing "
+            f"{f['playing_s_per_10k_steps']:.2f} s (workers on a CPU "
+            f"{f['worker_cpu_s_per_10k_steps']:.2f} s, summed)."
+        )
+    extra = comparison["cnn_extra_time"]
+    if extra["updating_share"] is None:
+        print("the CNN's loop took no more time per agent step than the MLP's.")
+        return
+    print(
+        f"of the CNN's extra {extra['s_per_10k_steps']:.2f} s per 10,000 agent steps, "
+        f"{extra['updating_share']:.0%} is the update, {extra['playing_share']:.0%} acting "
+        "(the workers playing, their forward included)."
+    )
+
+
+def compare_networks(figures):
+    """The CNN's training speed over the MLP's, from their ratios to the ceiling (so the
+    machine's drift between their runs cancels): of the median rounds, and round by round; and
+    where the CNN's extra time goes."""
+    mlp, cnn = figures["mlp"], figures["cnn"]
+    return {
+        "cnn_over_mlp": cnn["ratio_vs_ceiling"] / mlp["ratio_vs_ceiling"],
+        "cnn_over_mlp_rounds": [
+            c / m
+            for c, m in zip(
+                cnn["ratio_vs_ceiling_rounds"], mlp["ratio_vs_ceiling_rounds"], strict=True
+            )
+        ],
+        "cnn_extra_time": extra_time(mlp, cnn),
+    }
+
+
+def summary(results, rate, update, figures):
+    """The last line's object: the MLP's keys as before, then each network's figures."""
+    own, ceiling = results["own"], results["ceiling"]
+    mlp = figures["mlp"]
+    return {
+        "steps": own["steps"],
         "steps_per_s": rate,
         "ratio_vs_emulator": rate["own"] / rate["emulator"],
         "ratio_vs_reference": rate["own"] / rate["reference"] if "reference" in rate else None,
         "ratio_vs_ceiling": rate["own"] / rate["ceiling"],
-        "ratio_vs_ceiling_rounds": ratios,
-        "ratio_vs_ceiling_breakdown": breakdowns,
+        "ratio_vs_ceiling_rounds": mlp["ratio_vs_ceiling_rounds"],
+        "ratio_vs_ceiling_breakdown": mlp["ratio_vs_ceiling_breakdown"],
         "ceiling_processes": ceiling["processes"],
         "ceiling_wall_steps_per_s": ceiling["wall_steps_per_s"],
         "update_100k_s": update["seconds"],
@@ -744,8 +873,91 @@ def main(argv=None):
         },
         "variants": results,
         "update": update,
+        "networks": figures,
     }
-    print(json.dumps(summary))
+
+
+def median_variants(args, rounds):
+    """The MLP's median round (own and its ceiling), and the emulator and the reference loop
+    playing its agent steps."""
+    _, own, ceiling = median_round(rounds["mlp"])
+    results = {"own": own, "ceiling": ceiling}
+    results["emulator"] = spawn(
+        "emulator", common_flags(args) + ["--steps", str(own["steps"])], args.timeout
+    )
+    if not args.skip_reference:
+        results["reference"] = spawn(
+            "reference",
+            ["--seed", str(args.seed), "--batch-size", str(own["batch_size"])]
+            + ["--steps", str(own["steps"])],
+            args.timeout,
+        )
+    return results
+
+
+def report(results, rounds, updates, started):
+    """The table, the notes and, as the last line, the JSON object."""
+    own, ceiling = results["own"], results["ceiling"]
+    _, own_cnn, ceiling_cnn = median_round(rounds["cnn"])
+    figures = {network: network_figures(rounds[network], updates[network]) for network in NETWORKS}
+    comparison = compare_networks(figures)
+    rate = {name: r["steps"] / r["seconds"] for name, r in results.items()}
+    rate["ceiling"] = ceiling["summed_steps_per_s"]
+    table_rows = [
+        (name, results[name], rate[name], rate[name] / rate["ceiling"])
+        for name in ("emulator", "ceiling", "reference", "own")
+        if name in results
+    ]
+    cnn = figures["cnn"]
+    table_rows.append(("own cnn", own_cnn, cnn["train_steps_per_s"], cnn["ratio_vs_ceiling"]))
+    print(
+        f"Pong-v0 training loop benchmark: {own['steps']} agent steps each "
+        f"(own loop: {own['episodes']} episodes, --envs {own['envs']}, "
+        f"batch size {own['batch_size']}; own cnn: the same with --network cnn, "
+        f"{own_cnn['steps']} agent steps, against its own ceiling)"
+    )
+    print()
+    print_table(table_rows, rate["emulator"], updates)
+    print()
+    print_notes(own, ceiling, updates["mlp"])
+    print_rounds(figures)
+    print_cnn(figures["mlp"], cnn, comparison, updates["cnn"])
+    print(
+        f"own loop: {rate['own'] / rate['ceiling']:.2f}x the ceiling, "
+        f"{rate['own'] / rate['emulator']:.2f}x the bare emulator"
+        + (
+            f", {rate['own'] / rate['reference']:.1f}x the reference loop."
+            if "reference" in results
+            else "."
+        )
+    )
+    print(f"benchmark wall time {time.perf_counter() - started:.1f} s")
+    cnn_variants = {"own": own_cnn, "ceiling": ceiling_cnn, "update": updates["cnn"]}
+    print(
+        json.dumps(
+            summary(results, rate, updates["mlp"], figures)
+            | comparison
+            | {"cnn_variants": cnn_variants}
+        )
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.variant:
+        return run_variant(args)
+    started = time.perf_counter()
+    rounds = timed_rounds(args)
+    results = median_variants(args, rounds)
+    updates = {
+        network: spawn(
+            "update",
+            common_flags(args) + ["--update-steps", str(args.update_steps), "--network", network],
+            args.timeout,
+        )
+        for network in NETWORKS
+    }
+    report(results, rounds, updates, started)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """bench/benchmark.py still runs: tiny arguments (two episodes, so two workers and
-two ceiling processes on a machine with two cores), every variant, and a last
-line of JSON with the keys the issue asks for. No timing is asserted: the
-targets are checked by reading the benchmark's output, not by a test."""
+two ceiling processes on a machine with two cores), every variant, both networks,
+and a last line of JSON with the keys the issues ask for. No timing is asserted:
+the targets are checked by reading the benchmark's output, not by a test."""
 
 import json
 import math
@@ -33,7 +33,7 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,  # two networks in two rounds: 59 s with the machine quiet, 146 s at load 4.5
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     lines = completed.stdout.strip().splitlines()
@@ -117,3 +117,48 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
         own["episode_seconds"] > 0
         and 0 < own["episode_cpu_seconds"] <= own["episode_seconds"] * 1.05
     )
+
+    # the CNN beside the MLP: both networks' figures, all positive and finite, consistent
+    networks = summary["networks"]
+    assert set(networks) == {"mlp", "cnn"}
+    for name, figures in networks.items():
+        for key in (
+            "train_steps_per_s",
+            "ratio_vs_ceiling",
+            "loop_s_per_10k_steps",
+            "updating_s_per_10k_steps",
+            "playing_s_per_10k_steps",
+            "worker_cpu_s_per_10k_steps",
+            "update_s_per_10k_steps",
+            "update_100k_s",
+            "peak_rss_100k_mb",
+        ):
+            value = figures[key]
+            assert math.isfinite(value) and value > 0, (name, key, value)
+        assert len(figures["ratio_vs_ceiling_rounds"]) == 2
+        assert figures["loop_s_per_10k_steps"] == pytest.approx(
+            figures["updating_s_per_10k_steps"] + figures["playing_s_per_10k_steps"]
+        )
+    assert networks["mlp"]["ratio_vs_ceiling"] == summary["ratio_vs_ceiling"]
+    assert networks["mlp"]["update_100k_s"] == summary["update_100k_s"]
+    ratio = summary["cnn_over_mlp"]
+    assert math.isfinite(ratio) and ratio > 0
+    assert ratio == pytest.approx(
+        networks["cnn"]["ratio_vs_ceiling"] / networks["mlp"]["ratio_vs_ceiling"], rel=1e-9
+    )
+    assert len(summary["cnn_over_mlp_rounds"]) == 2
+    assert all(math.isfinite(r) and r > 0 for r in summary["cnn_over_mlp_rounds"])
+    extra = summary["cnn_extra_time"]
+    assert extra["s_per_10k_steps"] == pytest.approx(
+        networks["cnn"]["loop_s_per_10k_steps"] - networks["mlp"]["loop_s_per_10k_steps"]
+    )
+    if extra["s_per_10k_steps"] > 0:  # the shares of the CNN's extra time add up
+        assert extra["updating_share"] + extra["playing_share"] == pytest.approx(1)
+    assert "CNN / MLP training agent steps per second" in completed.stdout
+
+    cnn = summary["cnn_variants"]
+    assert variants["own"]["network"] == "mlp" and cnn["own"]["network"] == "cnn"
+    assert cnn["own"]["updates"] >= 1 and cnn["own"]["update_steps"] == cnn["own"]["steps"] > 0
+    assert cnn["ceiling"]["processes"] == cnn["own"]["envs"]
+    assert cnn["update"]["network"] == "cnn" and cnn["update"]["steps"] == 3000
+    assert cnn["update"]["peak_rss_mb"] == networks["cnn"]["peak_rss_100k_mb"] > 0
