@@ -308,18 +308,29 @@ def cnn_base(weights):
     return conv1, conv2, conv2.ravel() @ hidden_w + hidden_b
 
 
+def touched(cells, count):
+    """The distinct cells among `cells` (each below count + 1), sorted, and where each of `cells`
+    is among them: np.unique's answer without its sort."""
+    marks = np.zeros(count + 1, bool)
+    marks[cells] = True
+    distinct = np.flatnonzero(marks)
+    place = np.empty(count + 1, np.intp)
+    place[distinct] = np.arange(len(distinct))
+    return distinct, place[cells]
+
+
 def cnn_action_probabilities(weights, base, changed, signs):
     """Softmax of the convolutional policy for one sparse difference frame, in numpy. A changed
     pixel alters at most 4 of conv1's windows, each of which at most 4 of conv2's positions: only
     those are computed, and the hidden layer adds what they change to its base (cnn_base)."""
     conv1_w, conv1_b, conv2_w, conv2_b, hidden_w, _, output_w, output_b = weights
     conv1_base, conv2_base, hidden_base = base
-    windows, rows = np.unique(PIXEL_WINDOWS[changed], return_inverse=True)
+    windows, rows = touched(PIXEL_WINDOWS[changed], WINDOWS)
     patches = np.zeros((len(windows), CONV1_TAPS), np.float32)
     patches[rows.ravel(), PIXEL_TAPS[changed].ravel()] = np.repeat(signs, 4)
     conv1 = conv1_base.copy()
     conv1[windows] = np.maximum(patches @ conv1_w.reshape(CONV1_TAPS, -1) + conv1_b, 0)
-    positions = np.unique(WINDOW_POSITIONS[windows])
+    positions, _ = touched(WINDOW_POSITIONS[windows], POSITIONS)
     positions = positions[positions < POSITIONS]
     patches = conv1[POSITION_WINDOWS[positions]].reshape(len(positions), CONV2_TAPS * CONV1_FILTERS)
     conv2 = np.maximum(patches @ conv2_w.reshape(-1, CONV2_FILTERS) + conv2_b, 0)
