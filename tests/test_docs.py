@@ -257,25 +257,30 @@ def run(folder):
 
 
 @functools.cache
-def study():
-    """The sweep's trials, read only from studies.db: number -> state, params, user attrs."""
+def study(study_name="what-next"):
+    """The README's sweep's trials, read only from studies.db (which holds other studies too):
+    number -> state, params, user attrs."""
     connection = sqlite3.connect(f"file:{STUDY}?mode=ro", uri=True)
     try:
         trials = {
             trial_id: {"number": number, "state": state, "params": {}, "attrs": {}}
             for trial_id, number, state in connection.execute(
-                "SELECT trial_id, number, state FROM trials"
+                "SELECT trial_id, number, state FROM trials JOIN studies USING (study_id) "
+                "WHERE study_name = ?",
+                (study_name,),
             )
         }
         for trial_id, name, value, distribution in connection.execute(
             "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params"
         ):
-            choices = json.loads(distribution)["attributes"].get("choices")
-            trials[trial_id]["params"][name] = choices[int(value)] if choices else value
+            if trial_id in trials:
+                choices = json.loads(distribution)["attributes"].get("choices")
+                trials[trial_id]["params"][name] = choices[int(value)] if choices else value
         for trial_id, key, value in connection.execute(
             "SELECT trial_id, key, value_json FROM trial_user_attributes"
         ):
-            trials[trial_id]["attrs"][key] = json.loads(value)
+            if trial_id in trials:
+                trials[trial_id]["attrs"][key] = json.loads(value)
     finally:
         connection.close()
     return {trial["number"]: trial for trial in trials.values()}
