@@ -9,6 +9,7 @@ tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
     python tutorial_atari_pong.py                          # train until Ctrl-C
     python tutorial_atari_pong.py --resume                 # carry on where it stopped
     python tutorial_atari_pong.py --restart                # start over, replacing the old run
+    python tutorial_atari_pong.py --network cnn            # train the convolutional policy
     python tutorial_atari_pong.py --play 5                 # watch the score of the policy
     python tutorial_atari_pong.py --play 1 --record videos # ... or a video of its play
     python tutorial_atari_pong.py --plot                   # draw the learning curve
@@ -1702,9 +1703,9 @@ decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def make_parser(with_defaults=True):
-    """The flags, each with its default from the block at the top (without_defaults, a flag not
-    given is left out, which tells which flags the command line set). One statement a flag: a
-    table as long as the list of flags."""
+    """The flags, each with its default from the block at the top (with_defaults=False: a flag
+    not given is left out, which tells which flags the command line set). One statement a flag:
+    a table as long as the list of flags."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="examples:\n" + __doc__.split("\n\n")[-1],
