@@ -791,9 +791,11 @@ def report_line(t, retried_as):
     games = f"{a['games_won']}/{a['games']}" if "games" in a else "-"
     hours = a.get("hours", trial_hours(t))
     objective_text = f"{a['mean_reward']:+.3f}" if "mean_reward" in a else "-"
+    # A trial waiting in the queue (--enqueue) has its setting only as Optuna's fixed params.
+    params = t.params or t.system_attrs.get("fixed_params", {})
     return (
-        f"{t.number:>5}  {t.params.get('learning_rate', math.nan):>13.3g}  "
-        f"{t.params.get('decay_rate', math.nan):>10.4g}  {t.params.get('init', '-'):<16}  "
+        f"{t.number:>5}  {params.get('learning_rate', math.nan):>13.3g}  "
+        f"{params.get('decay_rate', math.nan):>10.4g}  {params.get('init', '-'):<16}  "
         f"{state:<18}  {objective_text:>9}  {a.get('episodes', '-'):>8}  {points:>19}  "
         f"{games:>13}  {hours:>6.2f}"
     )

@@ -583,6 +583,17 @@ def test_the_report_closes_with_the_study_total_of_its_hours_column(tmp_path):
     assert sum(float(row[-1]) for row in table if row[4] in ("complete", "pruned")) == 0.95
 
 
+def test_the_report_shows_the_setting_of_a_trial_waiting_in_the_queue(tmp_path):
+    (tmp_path / "runs").mkdir()
+    url = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+    study = optuna.create_study(study_name="pong", storage=url, direction="maximize")
+    study.enqueue_trial({"learning_rate": 0.00416, "decay_rate": 0.934, "init": "he-normal"})
+    result = run_sweep(["--report"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.describe()
+    rows = [line.split() for line in result.lines if re.match(r"^\s+\d+\s", line)]
+    assert rows[0][:5] == ["0", "0.00416", "0.934", "he-normal", "waiting"], result.lines
+
+
 # --- One network a study ------------------------------------------------------------
 
 ENQUEUED = {"learning_rate": 0.00416, "decay_rate": 0.934, "init": "he-normal"}  # the MLP's winner
