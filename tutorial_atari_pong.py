@@ -220,7 +220,7 @@ WINDOWS_SIDE = (image_size - 8) // 4 + 1  # conv1's windows: 19 x 19
 WINDOWS = WINDOWS_SIDE * WINDOWS_SIDE
 POSITIONS_SIDE = (WINDOWS_SIDE - 4) // 2 + 1  # conv2's positions: 8 x 8
 POSITIONS = POSITIONS_SIDE * POSITIONS_SIDE
-CNN_CHUNK_STEPS = 4096  # the update's chunks: conv1's output is 361 x 16 floats a step
+CNN_CHUNK_STEPS = 4096  # the update's chunks: larger ones are no faster here, and hold more memory
 
 
 def build_cnn_policy(seed_value, init_name=init):
@@ -343,18 +343,48 @@ def cnn_action_probabilities(weights, base, changed, signs):
     return exp / exp.sum()
 
 
-def patch_entries(indices, signs):
-    """A chunk's changed pixels, (step, pixel) and sign, as the nonzero entries of its conv1
-    patches: row step * 361 + window, column the tap (each pixel enters up to 4 windows), in the
-    row-major order a CSR matrix is built from."""
-    steps = indices[:, 0]
+def marked(keys, count):
+    """The distinct keys (each below count), sorted, and where each key is among them: np.unique's
+    answer by marking, without its sort."""
+    marks = np.zeros(count, bool)
+    marks[keys] = True
+    distinct = np.flatnonzero(marks)
+    place = np.full(count, -1, np.int32)
+    place[distinct] = np.arange(len(distinct), dtype=np.int32)
+    return distinct, place
+
+
+def chunk_layout(indices, signs, n_steps):
+    """What the update computes from for a chunk's changed pixels, (step, pixel) and sign: only
+    the conv1 windows and conv2 positions that motion touched (~17 and ~10 a step of 361 and 64),
+    as every other one holds the still frame's value. Returns conv1's patches as CSR entries (row:
+    a touched window, column: its tap) with their values and the number of touched windows; then
+    per touched (position, step), in that order, the conv1 rows its 16 windows read (the last, the
+    still window's, where untouched), its step, and how many there are at each position."""
     windows = PIXEL_WINDOWS[indices[:, 1]]
     inside = windows < WINDOWS
-    rows = (steps[:, None] * WINDOWS + windows)[inside]
-    columns = PIXEL_TAPS[indices[:, 1]][inside]
-    values = np.broadcast_to(signs[:, None], windows.shape)[inside]
-    order = np.lexsort((columns, rows))
-    return np.stack([rows[order], columns[order]], axis=1), values[order]
+    window_keys = (indices[:, :1] * WINDOWS + windows)[inside]
+    touched_windows, window_rows = marked(window_keys, n_steps * WINDOWS)
+    patches = np.zeros(len(touched_windows) * CONV1_TAPS, np.int8)  # a changed pixel: +-1
+    entry_keys = window_rows[window_keys] * CONV1_TAPS + PIXEL_TAPS[indices[:, 1]][inside]
+    patches[entry_keys] = np.broadcast_to(signs[:, None], windows.shape)[inside]
+    entry_keys = np.flatnonzero(patches)  # in row-major order, as CSR wants them
+    entries = np.stack(np.divmod(entry_keys, CONV1_TAPS), axis=1)
+    window_steps, windows = np.divmod(touched_windows, WINDOWS)
+    positions = WINDOW_POSITIONS[windows]
+    position_keys = (positions * n_steps + window_steps[:, None])[positions < POSITIONS]
+    pairs, _ = marked(position_keys, POSITIONS * n_steps)
+    pair_positions, pair_steps = np.divmod(pairs, n_steps)
+    read_rows = window_rows[pair_steps[:, None] * WINDOWS + POSITION_WINDOWS[pair_positions]]
+    read_rows[read_rows < 0] = len(touched_windows)
+    return (
+        entries,
+        patches[entry_keys].astype(np.float32),
+        np.int64(len(touched_windows)),
+        read_rows.astype(np.int32),
+        pair_steps.astype(np.int32),
+        np.bincount(pair_positions, minlength=POSITIONS).astype(np.int32),
+    )
 
 
 def probabilities_function(weights):
@@ -444,30 +474,53 @@ def make_gradient_fn(model):
 
 
 def make_cnn_gradient_fn(model):
-    """The same for the convolutional policy: conv1 as a sparse product of the chunk's patches
-    (patch_entries: at most 4 a changed pixel) with its filters, then the model's layers."""
-    conv1, conv2, flatten, hidden_layer, output_layer = (
-        model.get_layer(name) for name in ("conv1", "conv2", "flatten", "hidden", "output")
+    """The same for the convolutional policy, computed where motion is (chunk_layout): conv1 as a
+    sparse product of the touched windows' patches with its filters, conv2 at the touched
+    positions, and the hidden layer as the still frame's activations plus what each touched
+    position changes, position by position. Equal to the model's layers on the whole frames."""
+    conv1, conv2, hidden_layer, output_layer = (
+        model.get_layer(name) for name in ("conv1", "conv2", "hidden", "output")
     )
 
-    @tf.function(input_signature=chunk_signature())
-    def chunk_gradient(indices, signs, n_steps, labels, returns):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 2], tf.int64),  # conv1's patches: (touched window, tap)
+            tf.TensorSpec([None], tf.float32),  # and its value
+            tf.TensorSpec([], tf.int64),  # touched windows
+            tf.TensorSpec([None, CONV2_TAPS], tf.int32),  # per touched position: its windows' rows
+            tf.TensorSpec([None], tf.int32),  # its step
+            tf.TensorSpec([POSITIONS], tf.int32),  # touched (position, step)s at each position
+            tf.TensorSpec([], tf.int64),  # steps in the chunk
+            tf.TensorSpec([None], tf.int32),  # each step's action label
+            tf.TensorSpec([None], tf.float32),  # each step's return
+        ]
+    )
+    def chunk_gradient(entries, values, n_windows, windows, steps, counts, n_steps, *targets):
         with tf.GradientTape() as tape:
-            dense_shape = tf.stack([n_steps * WINDOWS, CONV1_TAPS])
-            patches = csr.sparse_tensor_to_csr_sparse_matrix(indices, signs, dense_shape)
+            patches = csr.sparse_tensor_to_csr_sparse_matrix(
+                entries, values, tf.stack([n_windows, CONV1_TAPS])
+            )
             filters = tf.reshape(conv1.W, [CONV1_TAPS, CONV1_FILTERS])
-            windows = sparse_product(patches, filters) + conv1.b
-            first = conv1.act(tf.reshape(windows, [-1, WINDOWS_SIDE, WINDOWS_SIDE, CONV1_FILTERS]))
-            logits = output_layer(hidden_layer(flatten(conv2(first))))
-            loss = tl.rein.cross_entropy_reward_loss(logits, labels, returns)
+            still_window = conv1.act(conv1.b)
+            moved_windows = conv1.act(sparse_product(patches, filters) + conv1.b)
+            window_rows = tf.concat([moved_windows, still_window[None]], axis=0)
+            filters = tf.reshape(conv2.W, [CONV2_TAPS * CONV1_FILTERS, CONV2_FILTERS])
+            reads = tf.reshape(tf.gather(window_rows, windows), [-1, CONV2_TAPS * CONV1_FILTERS])
+            moved = conv2.act(reads @ filters + conv2.b)
+            still = conv2.act(tf.tile(still_window, [CONV2_TAPS])[None] @ filters + conv2.b)
+            still_hidden = tf.tile(still, [1, POSITIONS]) @ hidden_layer.W + hidden_layer.b
+            rows_by_position = tf.reshape(hidden_layer.W, [POSITIONS, CONV2_FILTERS, CNN_HIDDEN])
+            changes = tf.split(moved - still, counts, num=POSITIONS)
+            products = [change @ rows_by_position[p] for p, change in enumerate(changes)]
+            moved_hidden = tf.math.unsorted_segment_sum(tf.concat(products, 0), steps, n_steps)
+            logits = output_layer(hidden_layer.act(still_hidden + moved_hidden))
+            loss = tl.rein.cross_entropy_reward_loss(logits, *targets)
         return tape.gradient(loss, model.trainable_weights)
 
-    chunk_gradient.get_concrete_function()  # trace now, not during the first update
-
     def gradient(indices, signs, n_steps, labels, returns):
-        patch_indices, patch_signs = patch_entries(indices, signs)
-        return chunk_gradient(patch_indices, patch_signs, n_steps, labels, returns)
+        return chunk_gradient(*chunk_layout(indices, signs, n_steps), n_steps, labels, returns)
 
+    chunk_gradient.get_concrete_function()  # trace now, not during the first update
     return gradient
 
 

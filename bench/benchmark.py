@@ -13,7 +13,7 @@ In one run, for the same number of agent steps, side by side:
              policy), for the same number of episodes, against its own ceiling
 
 and separately the project's update path (update_policy) on one 100,000-step
-batch of synthetic sparse difference frames, for each network.
+batch of real difference frames (Pong played with random actions), for each network.
 
 Each variant runs in its own subprocess (this file re-invoked with --variant),
 so its peak RSS is its own. The own loops run first, for --episodes episodes
@@ -296,30 +296,52 @@ def own_result(marks, rows, whole):
     return result
 
 
-def synthetic_episodes(tap, total_steps, rng, first_number=0):
-    """Episodes of synthetic difference frames that look like real ones to the
-    update: per step nnz ~ Poisson(19) clipped to [0, 80] (0 on an episode's
-    first step), distinct sorted pixel indices, signs +-1, labels 0..2,
-    a +-1 reward every ~60 steps and a point on each episode's last step."""
+RECORDED_STEPS = 20_000  # real difference frames recorded for the update's batch, then reused
+
+
+def recorded_frames(tap, steps, seed):
+    """`steps` real difference frames of Pong-v0 played with random actions, as play_episode makes
+    them (a new game where one ends): nnz per step, and the changed pixels' indices and signs."""
     import numpy as np
 
-    episodes, number, left = [], first_number, total_steps
+    env = tap.make_env(seed)
+    rng = np.random.default_rng(seed)
+    frames = []
+    try:
+        while len(frames) < steps:
+            env.reset()
+            screen = env.ale.getScreen()
+            previous = tap.prepro(screen)
+            terminated = False
+            while not terminated and len(frames) < steps:
+                current = tap.prepro(screen)
+                frames.append(tap.diff_frame(current, previous))
+                previous = current
+                terminated = env.step(int(rng.choice(tap.ACTIONS)))[2]
+                env.ale.getScreen(screen)
+    finally:
+        env.close()
+    nnz = np.array([len(changed) for changed, _ in frames], np.int16)
+    indices = np.concatenate([changed for changed, _ in frames])
+    return nnz, indices, np.concatenate([signs for _, signs in frames])
+
+
+def update_episodes(tap, recorded, total_steps, rng, first_number=0):
+    """Episodes of real difference frames (recorded_frames', taken in turn, over again when they
+    run out) for the update: 1,100-1,300 steps each, random labels, a +-1 point every ~60 steps
+    and at each episode's end."""
+    import numpy as np
+
+    nnz, indices, signs = recorded
+    pixel_starts = np.concatenate([[0], np.cumsum(nnz, dtype=np.int64)])
+    episodes, number, left, at = [], first_number, total_steps, 0
     while left > 0:
         steps = min(left, int(rng.integers(1100, 1301)))
         if 0 < left - steps < 200:  # no tiny last episode
             steps = left
-        nnz = np.clip(rng.poisson(19, steps), 0, 80).astype(np.int16)
-        nnz[0] = 0
-        rows = np.repeat(np.arange(steps), nnz)
-        indices = rng.integers(0, 6400, rows.size)
-        while True:  # redraw repeated pixels within a step until all are distinct
-            order = np.lexsort((indices, rows))
-            rows, indices = rows[order], indices[order]
-            repeated = np.flatnonzero((rows[1:] == rows[:-1]) & (indices[1:] == indices[:-1])) + 1
-            if repeated.size == 0:
-                break
-            indices[repeated] = rng.integers(0, 6400, repeated.size)
-        signs = rng.choice(np.array([-1, 1], np.int8), rows.size)
+        taken = np.arange(at, at + steps) % len(nnz)
+        at += steps
+        pixels = np.concatenate([np.arange(pixel_starts[s], pixel_starts[s + 1]) for s in taken])
         labels = rng.integers(0, 3, steps).astype(np.int8)
         rewards = np.zeros(steps, np.int8)
         point = -1
@@ -329,7 +351,8 @@ def synthetic_episodes(tap, total_steps, rng, first_number=0):
                 break
             rewards[point] = rng.choice([-1, 1], p=[0.9, 0.1])
         rewards[-1] = rng.choice([-1, 1], p=[0.9, 0.1])
-        episodes.append(tap.Episode(number, nnz, indices.astype(np.int16), signs, labels, rewards))
+        episode = tap.Episode(number, nnz[taken], indices[pixels], signs[pixels], labels, rewards)
+        episodes.append(episode)
         number, left = number + 1, left - steps
     return episodes
 
@@ -349,17 +372,18 @@ def update_parts(tap, network):
 
 
 def variant_update(args):
-    """One update_policy call on an args.update_steps-step synthetic batch, for args.network,
+    """One update_policy call on an args.update_steps-step batch of real frames, for args.network,
     after a warm-up call on a small batch (tracing the tf.function)."""
     import numpy as np
 
     tap = import_project()
     model, optimizer, gradient_fn, chunk_steps = update_parts(tap, args.network)
     rng = np.random.default_rng(args.seed)
-    warm_up = synthetic_episodes(tap, 2000, rng)
+    recorded = recorded_frames(tap, min(RECORDED_STEPS, args.update_steps), args.seed)
+    warm_up = update_episodes(tap, recorded, 2000, rng)
     tap.update_policy(model, optimizer, gradient_fn, warm_up, tap.gamma, chunk_steps)
     rss_after_warmup = current_rss_mb()
-    episodes = synthetic_episodes(tap, args.update_steps, rng)
+    episodes = update_episodes(tap, recorded, args.update_steps, rng)
     nnz_mean = float(np.mean(np.concatenate([e.nnz for e in episodes])))
     rss_before = current_rss_mb()
     started = time.perf_counter()
@@ -577,7 +601,7 @@ def parse_args(argv):
         "--update-steps",
         type=positive_int,
         default=100_000,
-        help="steps in the synthetic update batch",
+        help="steps in the update's batch",
     )
     parser.add_argument(
         "--rounds",
@@ -661,7 +685,7 @@ def network_figures(rounds, update):
     ceiling; over all its rounds, its loop's seconds per 10,000 agent steps, split into updating
     (the trainer; the workers wait) and playing (the workers play the batch, and wait for its
     last episode), and its workers' CPU seconds per 10,000 steps while playing; and its update
-    of the synthetic batch."""
+    of the recorded batch."""
     owns = [own for _, own, _ in rounds]
     per_10k = 10_000 / sum(own["steps"] for own in owns)
     loop = sum(own["seconds"] for own in owns) * per_10k
@@ -701,7 +725,7 @@ def extra_time(mlp, cnn):
 
 
 def print_table(rows, emulator_rate, updates):
-    """rows: (name, result, steps/s, x ceiling); then one row per synthetic update."""
+    """rows: (name, result, steps/s, x ceiling); then one row per network's update."""
     print(
         f"{'variant':<11}{'steps':>8}{'updates':>9}{'seconds':>9}{'steps/s':>10}{'x emulator':>12}"
         f"{'x ceiling':>11}{'peak RSS MB':>13}{'update s':>10}"
@@ -753,7 +777,7 @@ def print_notes(own, ceiling, update):
         "(forked from the trainer, so largely shared pages: not additive)."
     )
     print(
-        f"update: update_policy on {update['steps']} synthetic steps "
+        f"update: update_policy on {update['steps']} steps of real frames "
         f"in {update['episodes']} episodes "
         f"(mean {update['nnz_mean']:.1f} changed pixels per step), after a warm-up; RSS "
         f"{update['rss_before_update_mb']:.0f} MB before, "
@@ -803,7 +827,7 @@ def print_cnn(mlp, cnn, comparison, update):
         f"{', '.join(format(r, '.2f') for r in comparison['cnn_over_mlp_rounds'])})."
     )
     print(
-        f"update seconds per 10,000 steps, of the {update['steps']}-step synthetic batch: "
+        f"update seconds per 10,000 steps, of the {update['steps']}-step recorded batch: "
         f"mlp {mlp['update_s_per_10k_steps']:.3f}, cnn {cnn['update_s_per_10k_steps']:.3f}; "
         f"in the loop, of real batches: mlp {mlp['updating_s_per_10k_steps']:.3f}, "
         f"cnn {cnn['updating_s_per_10k_steps']:.3f}."

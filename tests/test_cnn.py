@@ -154,24 +154,36 @@ def test_probabilities_function_picks_the_network_by_its_number_of_arrays(pong, 
 # --- conv1 as a sparse product -------------------------------------------------------------
 
 
-def test_patch_entries_reproduce_conv1_in_csr_order(pong, frames):
+def test_chunk_layout_holds_conv1_wherever_motion_reaches_conv2(pong, frames):
     indices, signs = step_pixels(frames)
-    entries, values = pong.patch_entries(indices, signs)
-    n_rows = len(frames) * pong.WINDOWS
+    entries, values, n_windows, read_rows, steps, counts = pong.chunk_layout(
+        indices, signs, len(frames)
+    )
     assert entries.shape == (len(values), 2)
-    assert entries[:, 0].min() >= 0 and entries[:, 0].max() < n_rows
+    assert entries[:, 0].min() >= 0 and entries[:, 0].max() < n_windows
     assert entries[:, 1].min() >= 0 and entries[:, 1].max() < 64
     keys = entries[:, 0].astype(np.int64) * 64 + entries[:, 1]
     assert np.all(np.diff(keys) > 0), "entries in strictly increasing row-major order"
     assert set(np.unique(values)) == {-1.0, 1.0}
+    assert len(counts) == 64 and counts.sum() == len(steps) == len(read_rows)
+    positions = np.repeat(np.arange(64), counts)
 
     filters = new_cnn_policy(pong, 5).get_layer("conv1").W.numpy()
-    patches = np.zeros((n_rows, 64), np.float32)
+    patches = np.zeros((n_windows + 1, 64), np.float32)  # the last row: the still window's
     patches[entries[:, 0], entries[:, 1]] = values
-    got = (patches @ filters.reshape(64, 16)).reshape(len(frames), 19, 19, 16)
-    expected = tf.nn.conv2d(dense_frames(frames), filters, 4, "VALID").numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert np.abs(expected).max() > 0.1
+    moved = patches @ filters.reshape(64, 16)
+    dense = tf.nn.conv2d(dense_frames(frames), filters, 4, "VALID").numpy().reshape(-1, 361, 16)
+    windows = pong.POSITION_WINDOWS[positions]  # (pair, tap): the window each pair reads
+    np.testing.assert_allclose(
+        moved[read_rows], dense[steps[:, None], windows], rtol=1e-5, atol=1e-6
+    )
+    assert np.abs(dense).max() > 0.1
+    # Every (step, position) that is not a pair reads no motion: conv2 holds its still value.
+    is_pair = np.zeros((len(frames), 64), bool)
+    is_pair[steps, positions] = True
+    moving = np.abs(dense[:, pong.POSITION_WINDOWS]).max(axis=(2, 3)) > 0
+    assert np.array_equal(is_pair, moving | is_pair) and is_pair.sum() < 0.3 * is_pair.size
+    assert is_pair.any(axis=1).sum() > len(frames) // 2
 
 
 # --- the update ------------------------------------------------------------------------------
