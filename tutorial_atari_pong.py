@@ -10,6 +10,7 @@ tl.rein.cross_entropy_reward_loss; checkpoints let a later run resume.
     python tutorial_atari_pong.py --resume                 # carry on where it stopped
     python tutorial_atari_pong.py --restart                # start over, replacing the old run
     python tutorial_atari_pong.py --network cnn            # train the convolutional policy
+    python tutorial_atari_pong.py --game Breakout          # another game, in models/breakout
     python tutorial_atari_pong.py --play 5                 # watch the score of the policy
     python tutorial_atari_pong.py --play 1 --record videos # ... or a video of its play
     python tutorial_atari_pong.py --plot                   # draw the learning curve
@@ -41,6 +42,7 @@ import numpy as np
 # Defaults: edit them here, or override them with the flags of the same name.
 render = False  # show the game in a window (needs a display)
 resume = False  # continue from the checkpoint in model_dir
+game = "Pong"  # the Atari game: one of GAMES below
 network = "mlp"  # the policy: "mlp", the tutorial's 6400->hidden->3, or "cnn", Mnih et al. 2013's
 init = "glorot-uniform"  # the weights' initialiser: one of INITIALISERS below (biases start at 0)
 image_size = 80  # frames are cropped and downsampled to image_size x image_size
@@ -59,7 +61,7 @@ envs = None  # episodes played at once, one worker process each; None: one per c
 
 NETWORKS = ("mlp", "cnn")
 ACTIONS = (1, 2, 3)  # STOP, UP, DOWN in Pong's action set; label = action - 1
-MAX_EPISODE_STEPS = 10000  # gym's Pong-v0 cut episodes here (ale-py's registration has no limit)
+MAX_EPISODE_STEPS = 10000  # gym's -v0 games were cut here (ale-py's registrations have no limit)
 CHECKPOINT_FORMAT = 2  # the one read and written (format 1 held Keras RMSprop's state)
 UPDATE_CHUNK_STEPS = 16384  # steps per gradient chunk: bounds the update's memory
 
@@ -90,7 +92,7 @@ def import_libraries():
         os.close(devnull_fd)
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     # v0's settings are the tutorial's
-    warnings.filterwarnings("ignore", message=r".*Pong-v0 is out of date.*")
+    warnings.filterwarnings("ignore", message=r".*-v0 is out of date.*")
     gym.register_envs(ale_py)
 
 
@@ -112,9 +114,41 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
-# --- Frames ----------------------------------------------------------------
+# --- Games and their frames --------------------------------------------------
 
-BACKGROUND = (34, 228)  # Pong's two background colours, as palette indices
+
+@dataclasses.dataclass(frozen=True)
+class Game:
+    """A row of the table of games: what the script knows of each."""
+
+    env: str  # gymnasium's id: -v0, the tutorial's sticky actions and 2-4 frames a step
+    rows: tuple  # the play field, screen[top:bottom, left:right], becomes 80 x 80
+    columns: tuple
+    background: tuple  # palette indices of the field that are not things
+    actions: tuple  # the policy's actions, as indices of the game's minimal action set
+    restart: str  # where the discounted return restarts: at each "point", or each lost "life"
+    changing_background: bool = False  # each frame's commonest colour is background too
+
+
+def minimal(count):
+    """All of a game's minimal action set."""
+    return tuple(range(count))
+
+
+# The seven games of Mnih et al. 2013; fields and colours read off real screens (how-it-works.md).
+# Pong's are the tutorial's. BeamRider's field flashes after each hit and Enduro's ground changes
+# colour with the time of day: their commonest colour is background too. A game without lives
+# (Pong, Enduro) restarts the return at each point, or only at its end.
+GAMES = {
+    "Pong": Game("Pong-v0", (35, 195), (0, 160), (34, 228), ACTIONS, "point"),
+    "BeamRider": Game("BeamRider-v0", (44, 180), (8, 160), (0, 164), minimal(9), "life", True),
+    "Breakout": Game("Breakout-v0", (32, 192), (8, 152), (0,), minimal(4), "life"),
+    "Enduro": Game("Enduro-v0", (51, 155), (8, 160), (), minimal(9), "life", True),
+    "Qbert": Game("Qbert-v0", (14, 198), (8, 152), (0, 148, 184), minimal(6), "life"),
+    "Seaquest": Game("Seaquest-v0", (46, 153), (8, 160), (0, 144, 146), minimal(18), "life"),
+    "SpaceInvaders": Game("SpaceInvaders-v0", (31, 195), (8, 160), (0,), minimal(6), "life"),
+}
+BACKGROUND = GAMES["Pong"].background  # Pong's two background colours, as palette indices
 
 
 def prepro(screen):
@@ -123,6 +157,40 @@ def prepro(screen):
     these two colours'."""
     field = screen[35:195:2, ::2].copy()  # contiguous, the comparisons run faster
     return ((field != BACKGROUND[0]) & (field != BACKGROUND[1])).ravel()
+
+
+def blocks(start, stop):
+    """Split start:stop into image_size blocks of 1 to 3 pixels (a span of up to 240): each
+    block's first, second and last pixel, as three index arrays (the same pixel where the block
+    has fewer)."""
+    edges = start + np.arange(image_size + 1) * (stop - start) // image_size
+    first = edges[:-1]
+    last = edges[1:] - 1
+    return first, np.minimum(first + 1, last), last
+
+
+def frame_function(game_name):
+    """The game's prepro: Pong's is the tutorial's. In the others, a pixel of the 80 x 80 frame is
+    drawn where any pixel of its block of the field is: their shots, 1 pixel wide, would fall
+    between every 2nd column."""
+    if game_name == "Pong":
+        return prepro
+    rules = GAMES[game_name]
+    drawn = np.ones(256, bool)
+    drawn[list(rules.background)] = False
+    rows = blocks(*rules.rows)
+    columns = blocks(*rules.columns)
+    (top, bottom), (left, right) = rules.rows, rules.columns
+
+    def game_prepro(screen):
+        marks = drawn[screen]
+        if rules.changing_background:
+            field = screen[top:bottom, left:right]
+            marks &= screen != np.bincount(field.ravel(), minlength=256).argmax()
+        by_rows = marks[rows[0]] | marks[rows[1]] | marks[rows[2]]
+        return (by_rows[:, columns[0]] | by_rows[:, columns[1]] | by_rows[:, columns[2]]).ravel()
+
+    return game_prepro
 
 
 def diff_frame(current, previous):
@@ -153,8 +221,11 @@ def initialiser(name, seed_value):
     return getattr(tf.keras.initializers, INITIALISERS[name])(seed=seed_value)
 
 
-def build_policy(hidden_units, seed_value, init_name=init, input_size=image_size * image_size):
-    """The tutorial's network: weights from the named initialiser, zero biases."""
+def build_policy(
+    hidden_units, seed_value, init_name=init, input_size=image_size * image_size, n_actions=3
+):
+    """The tutorial's network: weights from the named initialiser, zero biases; a logit per
+    action."""
     inputs = tl.layers.Input([None, input_size], name="input")
     x = tl.layers.Dense(
         hidden_units,
@@ -164,7 +235,7 @@ def build_policy(hidden_units, seed_value, init_name=init, input_size=image_size
         name="hidden",
     )(inputs)
     outputs = tl.layers.Dense(
-        len(ACTIONS),
+        n_actions,
         W_init=initialiser(init_name, seed_value + 1),
         b_init=tl.initializers.zeros(),
         name="output",
@@ -201,10 +272,9 @@ def action_probabilities(weights, changed, signs):
 
 
 def sample_action(probs, rng):
-    """Draw STOP, UP or DOWN with the policy's probabilities: the first action whose cumulative
-    probability exceeds a uniform draw (int(): numpy's bools do not subtract)."""
-    u = rng.random()
-    return ACTIONS[2 - int(u < probs[0]) - int(u < probs[0] + probs[1])]
+    """Draw an action (its index: Pong's STOP, UP or DOWN is 0, 1 or 2) with the policy's
+    probabilities: the first whose cumulative probability exceeds a uniform draw."""
+    return int(np.count_nonzero(rng.random() >= np.cumsum(probs[:-1])))
 
 
 # --- The convolutional policy: --network cnn ---------------------------------
@@ -223,7 +293,7 @@ POSITIONS = POSITIONS_SIDE * POSITIONS_SIDE
 CNN_CHUNK_STEPS = 4096  # the update's chunks: larger ones are no faster here, and hold more memory
 
 
-def build_cnn_policy(seed_value, init_name=init):
+def build_cnn_policy(seed_value, init_name=init, n_actions=3):
     """The convolutional network: weights from the named initialiser, zero biases."""
     zeros = tl.initializers.zeros()
     inputs = tl.layers.Input([None, image_size, image_size, 1], name="input")
@@ -258,7 +328,7 @@ def build_cnn_policy(seed_value, init_name=init):
         name="hidden",
     )(x)
     outputs = tl.layers.Dense(
-        len(ACTIONS), W_init=initialiser(init_name, seed_value + 3), b_init=zeros, name="output"
+        n_actions, W_init=initialiser(init_name, seed_value + 3), b_init=zeros, name="output"
     )(x)
     return tl.models.Model(inputs=inputs, outputs=outputs, name="policy")
 
@@ -398,19 +468,24 @@ def probabilities_function(weights):
 # --- Returns and the update ------------------------------------------------
 
 
+def discounted(episode, gamma_value):
+    """The rewards discounted back to the steps that led to them, restarting after each of the
+    episode's ends: in Pong every point (the tutorial's discount_episode_rewards resets at every
+    reward), in the other games each lost life."""
+    pieces = np.split(episode.rewards.astype(np.float32), np.flatnonzero(episode.ends[:-1]) + 1)
+    return np.concatenate(
+        [tl.rein.discount_episode_rewards(piece, gamma_value, mode=1) for piece in pieces]
+    )
+
+
 def batch_returns(episodes, gamma_value):
-    """Each step's return: each point's reward discounted back to the steps that led to it
-    (resetting at every point), then zero mean and unit variance over the batch (all-equal returns
-    become 0). The undecided last point of an episode cut at MAX_EPISODE_STEPS: its steps get 0, no
-    credit either way, and are left out."""
-    discounted = [
-        tl.rein.discount_episode_rewards(e.rewards.astype(np.float32), gamma_value)
-        for e in episodes
-    ]
-    returns = np.concatenate(discounted)
-    last_points = [np.flatnonzero(e.rewards).max(initial=-1) for e in episodes]
+    """Each step's return (discounted), then zero mean and unit variance over the batch (all-equal
+    returns become 0). The undecided last point of a Pong episode cut at MAX_EPISODE_STEPS: its
+    steps get 0, no credit either way, and are left out."""
+    returns = np.concatenate([discounted(e, gamma_value) for e in episodes])
+    last_ends = [np.flatnonzero(e.ends).max(initial=-1) for e in episodes]
     decided = np.concatenate(
-        [np.arange(e.steps) <= last for e, last in zip(episodes, last_points, strict=True)]
+        [np.arange(e.steps) <= last for e, last in zip(episodes, last_ends, strict=True)]
     )
     centred = returns[decided] - returns[decided].mean()
     std = centred.std()
@@ -527,14 +602,16 @@ def make_cnn_gradient_fn(model):
 @dataclasses.dataclass
 class Episode:
     """One played episode, compactly: per step the changed pixels (their indices and signs end to
-    end for all steps), the action's label and the reward."""
+    end for all steps), the action's label, the reward, and whether the return restarts after it.
+    """
 
     number: int
     nnz: np.ndarray  # changed pixels per step, int16
     indices: np.ndarray  # int16, sum(nnz) of them
     signs: np.ndarray  # int8, -1 or 1
-    labels: np.ndarray  # int8, action - 1
-    rewards: np.ndarray  # int8, -1, 0 or 1
+    labels: np.ndarray  # int8, the action's index (Pong: action - 1)
+    rewards: np.ndarray  # int16 (Pong: -1, 0 or 1)
+    ends: np.ndarray  # bool: a point ended (Pong), a life was lost or the episode ended (others)
     seconds: float = 0.0
 
     @property
@@ -566,7 +643,8 @@ def concatenate(episodes):
         join("indices", np.int16),
         join("signs", np.int8),
         join("labels", np.int8),
-        join("rewards", np.int8),
+        join("rewards", np.int16),
+        join("ends", bool),
     )
 
 
@@ -628,7 +706,7 @@ def mean_squares(optimizer, model):
 # --- Playing an episode ----------------------------------------------------
 
 
-def make_env(env_seed, render_mode=None):
+def make_env(env_seed, render_mode=None, game_name=game):
     if render_mode == "human":
         # ALE draws through SDL. Its OpenGL path loads Mesa, whose LLVM clashes with the LLVM inside
         # TensorFlow (a segfault); SDL's software renderer needs no GL. The game is silent, so no
@@ -638,26 +716,32 @@ def make_env(env_seed, render_mode=None):
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     # The bare emulator env, without gymnasium's checking wrappers, and with RAM as its observation:
     # 128 bytes, where RGB would be converted every step. prepro reads the screen's palette indices.
-    env = gym.make("Pong-v0", obs_type="ram", render_mode=render_mode).unwrapped
+    env = gym.make(GAMES[game_name].env, obs_type="ram", render_mode=render_mode).unwrapped
     env.reset(seed=env_seed)  # seeds once: reseeding every episode reloads the ROM (~90 ms)
     return env
 
 
-def point_line(number, game, seconds, reward):
-    """The tutorial's line for a point; !!!!!!!! when the network won it."""
+def point_line(number, point, seconds, reward):
+    """The tutorial's line for a point (it calls it a game); !!!!!!!! when the network won it."""
     cheer = "  !!!!!!!!" if reward > 0 else ""
-    return f"episode {number}: game {game} took {seconds:.5f}s, reward: {reward:f}{cheer}"
+    return f"episode {number}: game {point} took {seconds:.5f}s, reward: {reward:f}{cheer}"
 
 
-def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False, video=None):
-    """Play one episode with the policy, until a side has 21 points or for MAX_EPISODE_STEPS steps;
-    return it as an Episode, or None if told to stop part-way. say() gets one line per point."""
+def play_episode(
+    env, game_name, weights, rng, number, say=print, should_stop=lambda: False, video=None
+):
+    """Play one episode with the policy, until the game ends (in Pong a side has 21 points) or for
+    MAX_EPISODE_STEPS steps; return it as an Episode, or None if told to stop part-way. say() gets
+    one line per point of Pong."""
+    rules = GAMES[game_name]
+    prepro_screen = frame_function(game_name)
     probabilities = probabilities_function(weights)
     env.reset()
     screen = env.ale.getScreen()
-    previous = prepro(screen)  # the first step sees no motion
+    previous = prepro_screen(screen)  # the first step sees no motion
+    lives = env.ale.lives()
     steps = []
-    game = 0
+    point = 0
     started = point_started = time.perf_counter()
     terminated = truncated = False
     try:
@@ -666,31 +750,37 @@ def play_episode(env, weights, rng, number, say=print, should_stop=lambda: False
         while not (terminated or truncated or len(steps) == MAX_EPISODE_STEPS):
             if should_stop():
                 return None
-            current = prepro(screen)
+            current = prepro_screen(screen)
             changed, changed_signs = diff_frame(current, previous)
             previous = current
-            action = sample_action(probabilities(changed, changed_signs), rng)
-            _, reward, terminated, truncated, _ = env.step(action)
+            label = sample_action(probabilities(changed, changed_signs), rng)
+            _, reward, terminated, truncated, info = env.step(rules.actions[label])
             env.ale.getScreen(screen)
             if video is not None:
                 video.add(env.ale.getScreenRGB())
-            steps.append((changed, changed_signs, action - 1, reward))
-            if reward != 0:
+            life_lost = info["lives"] < lives
+            lives = info["lives"]
+            end = reward != 0 if rules.restart == "point" else life_lost or terminated
+            steps.append((changed, changed_signs, label, reward, end))
+            if rules.restart == "point" and end:
                 now = time.perf_counter()
-                say(point_line(number, game, now - point_started, reward))
-                game += 1
+                say(point_line(number, point, now - point_started, reward))
+                point += 1
                 point_started = now
     finally:
         if video is not None:
             video.close()
-    indices, signs, labels, rewards = zip(*steps, strict=True)
+    indices, signs, labels, rewards, ends = zip(*steps, strict=True)
+    ends = np.array(ends)
+    ends[-1] |= rules.restart == "life"  # a cut episode: its last life's rewards count as they are
     return Episode(
         number,
         np.array([len(i) for i in indices], np.int16),
         np.concatenate(indices),
         np.concatenate(signs),
         np.array(labels, np.int8),
-        np.array(rewards, np.int8),
+        np.array(rewards, np.int16),
+        ends,
         time.perf_counter() - started,
     )
 
@@ -730,10 +820,11 @@ class Training:
         self.directory = os.path.dirname(path) or "."
         self.staging = staging
         self.log = None
+        n_actions = len(GAMES[args.game].actions)
         if args.network == "cnn":
-            self.model = build_cnn_policy(args.seed, args.init)
+            self.model = build_cnn_policy(args.seed, args.init, n_actions)
         else:
-            self.model = build_policy(args.hidden, args.seed, args.init)
+            self.model = build_policy(args.hidden, args.seed, args.init, n_actions=n_actions)
         self.optimizer = make_optimizer(self.model, args.learning_rate, args.decay_rate)
         self.episode = 0
         self.running_mean = None
@@ -788,6 +879,9 @@ class Training:
         settings = {setting: getattr(self.args, setting) for setting in SETTINGS}
         if self.args.network != "mlp":  # a checkpoint without it holds the tutorial's network
             settings["network"] = self.args.network
+        if self.args.game != "Pong":  # ... and without these, Pong's
+            settings["game"] = self.args.game
+            settings["actions"] = GAMES[self.args.game].actions
         save_checkpoint(
             os.path.join(self.staging or self.directory, name),
             self.model,
@@ -904,6 +998,7 @@ def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings
             "pending/signs": batch.signs,
             "pending/labels": batch.labels,
             "pending/rewards": batch.rewards,
+            "pending/ends": batch.ends,
         }
     )
     return arrays
@@ -953,7 +1048,7 @@ def load_arrays(path):
         ) from None
 
 
-def weight_shapes(network_name, hidden_units, input_size=image_size * image_size):
+def weight_shapes(network_name, hidden_units, input_size=image_size * image_size, n_actions=3):
     """The policy's weights by checkpoint name, in the model's order, with their shapes."""
     if network_name == "cnn":
         return {
@@ -963,14 +1058,14 @@ def weight_shapes(network_name, hidden_units, input_size=image_size * image_size
             "conv2/biases": (CONV2_FILTERS,),
             "hidden/weights": (POSITIONS * CONV2_FILTERS, CNN_HIDDEN),
             "hidden/biases": (CNN_HIDDEN,),
-            "output/weights": (CNN_HIDDEN, len(ACTIONS)),
-            "output/biases": (len(ACTIONS),),
+            "output/weights": (CNN_HIDDEN, n_actions),
+            "output/biases": (n_actions,),
         }
     return {
         "hidden/weights": (input_size, hidden_units),
         "hidden/biases": (hidden_units,),
-        "output/weights": (hidden_units, len(ACTIONS)),
-        "output/biases": (len(ACTIONS),),
+        "output/weights": (hidden_units, n_actions),
+        "output/biases": (n_actions,),
     }
 
 
@@ -979,10 +1074,36 @@ def checkpoint_network(arrays):
     return str(arrays["config/network"]) if "config/network" in arrays else "mlp"
 
 
-def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size, network_name=None):
+def checkpoint_game(arrays):
+    """The game a checkpoint's policy plays: one without config/game plays Pong."""
+    return str(arrays["config/game"]) if "config/game" in arrays else "Pong"
+
+
+def check_policy(path, arrays, network_name, game_name):
+    """Refuse a checkpoint of another network or game than the run's (None: any), or of a game
+    whose actions are no longer the table's."""
+    trained = {"network": checkpoint_network(arrays), "game": checkpoint_game(arrays)}
+    for flag, wanted in (("network", network_name), ("game", game_name)):
+        if wanted is not None and wanted != trained[flag]:
+            raise CheckpointError(
+                f"{path} holds a --{flag} {trained[flag]} policy, this run has --{flag} {wanted}"
+            )
+    if trained["game"] not in GAMES:
+        raise CheckpointError(f"{path} plays {trained['game']}, a game this script does not know")
+    actions = tuple(arrays.get("config/actions", np.array(ACTIONS)).tolist())
+    if actions != GAMES[trained["game"]].actions:
+        raise CheckpointError(
+            f"{path} chooses among {trained['game']}'s actions {actions}, this script among "
+            f"{GAMES[trained['game']].actions}"
+        )
+
+
+def read_checkpoint(
+    path, hidden_units=None, input_size=image_size * image_size, network_name=None, game_name=None
+):
     """Load and check a checkpoint (numpy only, no pickle) for a network of hidden_units (None: the
-    checkpoint's own, as --play takes it) and the named network (None: the checkpoint's own).
-    Raises CheckpointError."""
+    checkpoint's own, as --play takes it), the named network and game (None: the checkpoint's
+    own). Raises CheckpointError."""
     arrays = load_arrays(path)
     if "state/format" not in arrays:
         raise CheckpointError(f"{path} is not a checkpoint of this script (no 'state/format')")
@@ -991,15 +1112,11 @@ def read_checkpoint(path, hidden_units=None, input_size=image_size * image_size,
             f"{path} has checkpoint format {int(arrays['state/format'])}; "
             f"this script reads format {CHECKPOINT_FORMAT} only"
         )
-    trained_network = checkpoint_network(arrays)
-    if network_name is not None and network_name != trained_network:
-        raise CheckpointError(
-            f"{path} holds a --network {trained_network} policy, this run has --network "
-            f"{network_name}"
-        )
+    check_policy(path, arrays, network_name, game_name)
     if hidden_units is None:
         hidden_units = len(arrays.get("hidden/biases", ()))
-    shapes = weight_shapes(trained_network, hidden_units, input_size)
+    n_actions = len(GAMES[checkpoint_game(arrays)].actions)
+    shapes = weight_shapes(checkpoint_network(arrays), hidden_units, input_size, n_actions)
     expected = {
         **shapes,
         **{"mean_square/" + name: shape for name, shape in shapes.items()},
@@ -1033,7 +1150,9 @@ def pending_episodes(arrays):
     signs = np.split(arrays["pending/signs"], pixel_cuts)
     labels = np.split(arrays["pending/labels"], step_cuts)
     rewards = np.split(arrays["pending/rewards"], step_cuts)
-    fields = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards, strict=True)
+    # Checkpoints from before other games hold Pong's, whose points are its ends.
+    ends = np.split(arrays.get("pending/ends", arrays["pending/rewards"] != 0), step_cuts)
+    fields = zip(arrays["pending/numbers"], nnz, indices, signs, labels, rewards, ends, strict=True)
     return [Episode(int(number), *rest) for number, *rest in fields]
 
 
@@ -1102,16 +1221,19 @@ class Video:
 class LocalPlayer:
     """--envs 1: the plain sequential loop, in this process."""
 
-    def __init__(self, entropy, render_mode=None, recording=None):
+    def __init__(self, entropy, game_name=game, render_mode=None, recording=None):
         env_seed, self.rng = seeds(*entropy)
-        self.env = make_env(env_seed, render_mode)
+        self.env = make_env(env_seed, render_mode, game_name)
+        self.game = game_name
         self.recording = recording
 
     def play(self, weights, numbers, say, should_stop):
         for number in numbers:
             path = self.recording and self.recording.path(number)
             video = path and Video(path, self.recording.scale, self.recording.gif_steps)
-            episode = play_episode(self.env, weights, self.rng, number, say, should_stop, video)
+            episode = play_episode(
+                self.env, self.game, weights, self.rng, number, say, should_stop, video
+            )
             if episode is None:
                 # An unfinished episode leaves no video (ffmpeg makes the file at the first frame).
                 if path and os.path.exists(path):
@@ -1123,7 +1245,7 @@ class LocalPlayer:
         self.env.close()
 
 
-def worker_main(connection, trainer_ends, entropy, recording):
+def worker_main(connection, trainer_ends, entropy, game_name, recording):
     """A worker process: plays each episode it is sent, by number, with the weights sent with it,
     and sends back point lines and finished episodes. It ends when the trainer has gone, however:
     its next recv or send fails."""
@@ -1138,7 +1260,7 @@ def worker_main(connection, trainer_ends, entropy, recording):
         connection.send(("line", line))
 
     try:
-        player = LocalPlayer(entropy, None, recording)
+        player = LocalPlayer(entropy, game_name, None, recording)
         while True:
             number, weights = connection.recv()
             for episode in player.play(weights, [number], send_line, lambda: False):
@@ -1155,7 +1277,7 @@ class WorkerPool:
     one process, all with the same weights. Worker 0 draws the plain loop's numbers and plays the
     first episode, so that episode is the same whatever --envs is."""
 
-    def __init__(self, count, entropy, recording=None):
+    def __init__(self, count, entropy, game_name=game, recording=None):
         # fork, not spawn: workers start in milliseconds and never touch TensorFlow.
         context = multiprocessing.get_context("fork")
         self.connections = []
@@ -1168,7 +1290,7 @@ class WorkerPool:
             process = context.Process(
                 target=worker_main,
                 daemon=True,
-                args=(theirs, self.connections + [ours], worker_entropy, recording),
+                args=(theirs, self.connections + [ours], worker_entropy, game_name, recording),
             )
             process.start()
             theirs.close()
@@ -1231,15 +1353,18 @@ def make_player(args, first_episode, record_every_value):
     if args.record:
         recording = Recording(args.record, record_every_value, args.record_scale, args.record_gif)
     if args.envs == 1 or args.render:
-        return LocalPlayer(entropy, "human" if args.render else None, recording)
-    return WorkerPool(args.envs, entropy, recording)
+        return LocalPlayer(entropy, args.game, "human" if args.render else None, recording)
+    return WorkerPool(args.envs, entropy, args.game, recording)
 
 
 # --- The run's folder: checkpoint, progress log, lock ------------------------
 
 
 def checkpoint_path(args):
-    return args.model or os.path.join(args.model_dir, model_file_name + ".npz")
+    """--model, or the game's file in --model-dir: model_pong.npz, model_breakout.npz, ..."""
+    game_name = args.game or "Pong"
+    name = model_file_name if game_name == "Pong" else f"model_{game_name.lower()}"
+    return args.model or os.path.join(args.model_dir, name + ".npz")
 
 
 WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
@@ -1437,7 +1562,7 @@ def settings_changed(arrays, args):
 
 def resumable(path, args):
     """The checkpoint --resume continues, checked; one line if it cannot be."""
-    arrays = read_checkpoint(path, args.hidden, network_name=args.network)
+    arrays = read_checkpoint(path, args.hidden, network_name=args.network, game_name=args.game)
     pending = len(arrays.get("pending/steps", []))
     trained_batch = arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
@@ -1515,10 +1640,37 @@ def play_summary(results, path):
     )
 
 
+def mean_interval(scores):
+    """The mean score and its 95% interval, by the normal approximation: mean +- 1.96 standard
+    errors (None for fewer than two scores)."""
+    mean = float(np.mean(scores))
+    if len(scores) < 2:
+        return mean, None
+    half = 1.96 * float(np.std(scores, ddof=1)) / math.sqrt(len(scores))
+    return mean, (mean - half, mean + half)
+
+
+def score_summary(results, path):
+    """--play's last line in games other than Pong: the mean score with its 95% interval, the
+    lowest and the highest."""
+    scores = [e.reward for e in results]
+    line = f"played {len(scores)} episode{'' if len(scores) == 1 else 's'} with {path}: "
+    if not scores:
+        return line + "no score"
+    mean, interval = mean_interval(scores)
+    between = "one episode: no interval"
+    if interval:
+        between = f"95% interval {interval[0]:.1f} to {interval[1]:.1f}"
+    return (
+        line + f"mean score {mean:.1f} ({between}), lowest {min(scores):g}, highest {max(scores):g}"
+    )
+
+
 def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
-    arrays = read_checkpoint(path, args.hidden)
+    arrays = read_checkpoint(path, args.hidden, game_name=args.game)
+    args.game = checkpoint_game(arrays)
     network_name = checkpoint_network(arrays)
     if network_name == "cnn" and args.hidden is not None:
         fail(
@@ -1534,10 +1686,13 @@ def play(args):
             results.append(episode)
             won = episode.points_won
             lost = episode.points_lost
-            print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
+            if args.game == "Pong":
+                print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
+            else:
+                print(f"episode {episode.number}: score {episode.reward:g}")
     finally:
         player.close()
-    print(play_summary(results, path))
+    print((play_summary if args.game == "Pong" else score_summary)(results, path))
 
 
 # --- Learning curves: --plot ------------------------------------------------
@@ -1564,7 +1719,40 @@ def progress_columns(folder):
     names = ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")
     columns = {name: np.array([float(row[name]) for row in rows]) for name in names}
     columns["hours"] = hours_trained(rows)
+    columns["game"] = folder_game(folder)
     return columns
+
+
+def folder_game(folder):
+    """The game of a model folder's run, as its checkpoint says (Pong where there is none)."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), "model_*.npz"))):
+        with contextlib.suppress(CheckpointError, KeyError, ValueError):
+            return checkpoint_game(load_arrays(path))
+    return "Pong"
+
+
+def moving_mean(values, window):
+    """The mean over each `window` values in a row."""
+    return np.convolve(values, np.ones(window), "valid") / window
+
+
+def print_score_milestones(folder, run, scores, window):
+    """For games other than Pong: the mean score over the `window` episodes before each
+    5,000-episode mark, and the best `window` episodes in a row."""
+    episodes = len(run["episode"])
+    steps = np.cumsum(run["steps"])
+    print(
+        f"{folder}: {episodes} episodes ({steps[-1] / 1e6:.1f} million agent steps) in "
+        f"{run['hours'][-1]:.2f} hours of training; the mean score over the {window} episodes "
+        "before each mark:"
+    )
+    for mark in [*range(MILESTONE_EVERY, episodes, MILESTONE_EVERY), episodes]:
+        print(
+            f"  {mark:>6} episodes: {scores[mark - window]:8.2f}, "
+            f"{steps[mark - 1] / 1e6:.1f} million agent steps, {run['hours'][mark - 1]:5.2f} hours"
+        )
+    at = int(np.argmax(scores))
+    print(f"  best {window} episodes in a row: {scores[at]:.2f} (episodes {at}-{at + window - 1})")
 
 
 def shares_won(run, window):
@@ -1655,13 +1843,13 @@ def print_milestones(folder, run, shares, window):
     print(f"  90% of games won over {window} episodes in a row: {where}")
 
 
-def draw_group(top, bottom, name, group, runs, shares, window):
+def draw_group(top, bottom, name, group, runs, lower, window):
     """One line in each panel for a run, or for the seeds of one setting their mean, with a band
-    from the lowest to the highest seed."""
+    from the lowest to the highest seed. lower: each run's series of the bottom panel."""
     length = min(len(runs[folder]["episode"]) for folder in group)
     episodes = runs[group[0]]["episode"][:length]
     means = np.array([runs[folder]["running_mean"][:length] for folder in group])
-    points = np.array([shares[folder][0][: length - window + 1] for folder in group])
+    points = np.array([lower[folder][: length - window + 1] for folder in group])
     label = (
         group[0] if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
     )
@@ -1670,7 +1858,8 @@ def draw_group(top, bottom, name, group, runs, shares, window):
     )
     colour = line.get_color()
     later = episodes[window - 1 :]
-    bottom.plot(later, points.mean(0), linewidth=2, color=colour, label=f"{label}: points won")
+    what = "points won" if runs[group[0]]["game"] == "Pong" else f"mean score, last {window}"
+    bottom.plot(later, points.mean(0), linewidth=2, color=colour, label=f"{label}: {what}")
     if len(group) > 1:
         top.fill_between(episodes, means.min(0), means.max(0), color=colour, alpha=0.2)
         bottom.fill_between(later, points.min(0), points.max(0), color=colour, alpha=0.2)
@@ -1688,9 +1877,9 @@ def draw_tutorial_claims(bottom, last_episode):
 
 
 def plot(args):
-    """--plot [DIR ...]: the learning curves of model folders in one figure, learning_curve.png in
-    the folder (or the one holding them all), and for each a table of the shares won before each
-    milestone. Returns the figure."""
+    """--plot [DIR ...]: the learning curves of model folders of one game in one figure,
+    learning_curve.png in the folder (or the one holding them all), and for each a table of how it
+    stood before each milestone. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1698,8 +1887,15 @@ def plot(args):
 
     folders = args.plot or [os.path.dirname(checkpoint_path(args)) or "."]
     runs = {folder: progress_columns(folder) for folder in folders}
+    game_name = runs[folders[0]]["game"]
+    if others := [folder for folder, run in runs.items() if run["game"] != game_name]:
+        fail(f"--plot draws runs of one game: {folders[0]} is {game_name}'s, {others[0]} is not")
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
-    shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+    if game_name == "Pong":
+        shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+        lower = {folder: share[0] for folder, share in shares.items()}
+    else:
+        lower = {folder: moving_mean(run["reward"], window) for folder, run in runs.items()}
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
     groups = seed_groups(folders)
     if len(runs) == 1:  # one run: every episode as a dot behind its mean
@@ -1708,19 +1904,26 @@ def plot(args):
             run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward"
         )
     for name, group in groups.items():
-        draw_group(top, bottom, name, group, runs, shares, window)
+        draw_group(top, bottom, name, group, runs, lower, window)
     for folder, run in runs.items():
-        print_milestones(folder, run, shares[folder], window)
-    draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
+        if game_name == "Pong":
+            print_milestones(folder, run, shares[folder], window)
+        else:
+            print_score_milestones(folder, run, lower[folder], window)
     names = [group[0] if len(group) == 1 else name for name, group in groups.items()]
-    top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
-    top.set_title("Pong from pixels: " + ", ".join(names), fontsize="medium")
-    bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)", xlabel="episode")
-    for axis, even in (
-        (top, 0),
-        (bottom, 50),
-    ):  # the line of a game, or a point, won as often as lost
-        axis.axhline(even, color="grey", linewidth=0.8)
+    if game_name == "Pong":
+        draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
+        top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
+        top.set_title("Pong from pixels: " + ", ".join(names), fontsize="medium")
+        bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)")
+        bottom.axhline(50, color="grey", linewidth=0.8)  # a point won as often as lost
+        top.axhline(0, color="grey", linewidth=0.8)  # a game won as often as lost
+    else:
+        top.set(ylabel="score (episode reward)")
+        top.set_title(f"{game_name} from pixels: " + ", ".join(names), fontsize="medium")
+        bottom.set(ylabel=f"mean score\n(last {window} episodes)")
+    bottom.set(xlabel="episode")
+    for axis in (top, bottom):
         axis.legend(loc="upper left", fontsize="small")
     figure.tight_layout()
     common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
@@ -1791,6 +1994,13 @@ def make_parser(with_defaults=True):
     flag("--learning-rate", "RMSProp learning rate", type=positive_float, default=learning_rate)
     flag("--gamma", "reward discount factor", type=discount, default=gamma)
     flag("--decay-rate", "RMSProp decay of the mean square", type=decay, default=decay_rate)
+    flag(
+        "--game",
+        "the Atari game; one other than Pong keeps its run in MODEL_DIR/GAME (lower case) "
+        "unless --model-dir is given",
+        choices=GAMES,
+        default=game,
+    )
     flag(
         "--network",
         "the policy: the tutorial's mlp or Mnih et al. 2013's cnn",
@@ -1864,7 +2074,7 @@ def make_parser(with_defaults=True):
 
 
 # The flags each command uses: another command refuses them rather than ignore them.
-PLAY_FLAGS = {"play", "render", "seed", "envs", "hidden", "model_dir", "model", "record"}
+PLAY_FLAGS = {"play", "render", "seed", "envs", "hidden", "model_dir", "model", "record", "game"}
 RECORDING_FLAGS = {"record_scale", "record_gif"}  # with --record, for play and training alike
 TRAINING_FLAGS = {"resume", "restart", "episodes", "batch_size", "learning_rate", "gamma"}
 TRAINING_FLAGS |= {"decay_rate", "init", "save_every", "record_every", "network"}
@@ -1884,7 +2094,7 @@ def refuse_idle_flags(given, parser):
         parser.error("--resume and --restart are opposites: choose one")
     if "plot" in given:
         command = "--plot"
-        used = {"plot"} if given["plot"] else {"plot", "model_dir", "model"}
+        used = {"plot"} if given["plot"] else {"plot", "model_dir", "model", "game"}
     elif "play" in given:
         command = "--play"
         used = PLAY_FLAGS | RECORDING_FLAGS
@@ -1932,6 +2142,10 @@ def parse_args(argv=None):
         )
     if args.play and "hidden" not in given:
         args.hidden = None  # the checkpoint's own
+    if args.play and "game" not in given:
+        args.game = None  # the checkpoint's own
+    if args.game not in (None, "Pong") and "model_dir" not in given:
+        args.model_dir = os.path.join(args.model_dir, args.game.lower())
     resolve_envs(args, parser)
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if args.render and sys.platform.startswith("linux") and not has_display:

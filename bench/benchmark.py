@@ -343,7 +343,7 @@ def update_episodes(tap, recorded, total_steps, rng, first_number=0):
         at += steps
         pixels = np.concatenate([np.arange(pixel_starts[s], pixel_starts[s + 1]) for s in taken])
         labels = rng.integers(0, 3, steps).astype(np.int8)
-        rewards = np.zeros(steps, np.int8)
+        rewards = np.zeros(steps, np.int16)
         point = -1
         while True:
             point += int(rng.integers(30, 91))
@@ -351,7 +351,8 @@ def update_episodes(tap, recorded, total_steps, rng, first_number=0):
                 break
             rewards[point] = rng.choice([-1, 1], p=[0.9, 0.1])
         rewards[-1] = rng.choice([-1, 1], p=[0.9, 0.1])
-        episode = tap.Episode(number, nnz[taken], indices[pixels], signs[pixels], labels, rewards)
+        frames = (nnz[taken], indices[pixels], signs[pixels])
+        episode = tap.Episode(number, *frames, labels, rewards, rewards != 0)
         episodes.append(episode)
         number, left = number + 1, left - steps
     return episodes

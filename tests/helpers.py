@@ -291,7 +291,8 @@ def rewards_episode(pong, rewards):
         np.zeros(0, np.int16),
         np.zeros(0, np.int8),
         np.zeros(n, np.int8),
-        np.array(rewards, np.int8),
+        np.array(rewards, np.int16),
+        np.array(rewards) != 0,  # Pong's: a point ends at every reward
     )
 
 

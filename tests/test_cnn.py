@@ -235,6 +235,7 @@ def real_episodes(pong, frames, seed):
                 np.concatenate([s for _, s in part]),
                 rng.integers(0, 3, len(part)).astype(np.int8),
                 rewards,
+                rewards != 0,
             )
         )
     return episodes

@@ -580,7 +580,7 @@ def test_render_plays_in_this_process_in_a_window_whatever_envs_says(pong, monke
     """--render implies --envs 1: a window per worker process is not what a user asked for."""
     opened = []
     monkeypatch.setattr(
-        pong, "make_env", lambda env_seed, render_mode=None: opened.append(render_mode) or object()
+        pong, "make_env", lambda env_seed, render_mode, game_name: opened.append(render_mode) or 0
     )
     monkeypatch.setenv("DISPLAY", ":99")  # the window is not opened: make_env is replaced
     player = pong.make_player(pong.parse_args(["--render", "--envs", "2"]), 0, 1)

@@ -481,6 +481,7 @@ def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite
             np.array([1, -1], np.int8),
             np.array([0, 2], np.int8),
             rewards,
+            rewards != 0,
         )
     ]
     with pytest.raises(pong.NonFiniteError, match="gradient is not finite"):

@@ -194,19 +194,24 @@ def test_action_probabilities_of_an_empty_frame_with_zero_biases_are_uniform(pon
 # --- sampling -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("probs, action", [((1, 0, 0), 1), ((0, 1, 0), 2), ((0, 0, 1), 3)])
-def test_sample_action_with_a_certain_policy_always_draws_that_action(pong, probs, action):
+@pytest.mark.parametrize(
+    "probs, label", [((1, 0, 0), 0), ((0, 1, 0), 1), ((0, 0, 1), 2), ((0, 0, 0, 1), 3)]
+)
+def test_sample_action_with_a_certain_policy_always_draws_that_action(pong, probs, label):
     rng = np.random.default_rng(0)
-    assert {pong.sample_action(np.array(probs, float), rng) for _ in range(2000)} == {action}
+    assert {pong.sample_action(np.array(probs, np.float32), rng) for _ in range(2000)} == {label}
 
 
 def test_sample_action_frequencies_follow_the_probabilities(pong):
     rng = np.random.default_rng(123)
     probs = np.array([0.2, 0.5, 0.3])
     draws = np.array([pong.sample_action(probs, rng) for _ in range(20000)])
-    assert set(np.unique(draws)) == {1, 2, 3}
-    frequencies = [np.mean(draws == action) for action in (1, 2, 3)]
+    assert set(np.unique(draws)) == {0, 1, 2}
+    frequencies = [np.mean(draws == label) for label in (0, 1, 2)]
     np.testing.assert_allclose(frequencies, probs, atol=0.02)
+    six = np.array([0.1, 0.05, 0.3, 0.15, 0.25, 0.15])  # a game with six actions
+    draws = np.array([pong.sample_action(six, rng) for _ in range(20000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=6) / len(draws), six, atol=0.02)
 
 
 def test_sample_action_is_reproducible_with_a_seeded_generator(pong):
@@ -287,6 +292,7 @@ def make_episode(pong, number, rng, steps, point_every=6, size=6400):
         np.concatenate(signs),
         rng.integers(0, 3, steps).astype(np.int8),
         rewards,
+        rewards != 0,
     )
 
 
