@@ -54,6 +54,7 @@ CHECKPOINT_KEYS = {
     "pending/signs",
     "pending/labels",
     "pending/rewards",
+    "pending/ends",
 }
 
 
@@ -275,6 +276,7 @@ def test_resume_without_an_update_keeps_weights_and_rmsprop_state_and_grows_pend
     assert set(np.unique(after["pending/labels"])) <= {0, 1, 2}
     rewards = after["pending/rewards"]
     assert float(rewards.sum()) == parse_train_log(resumed.result.lines).episodes[0][0]
+    np.testing.assert_array_equal(after["pending/ends"], rewards != 0)  # Pong's: every point
     assert (
         len(after["pending/indices"])
         == len(after["pending/signs"])

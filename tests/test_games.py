@@ -260,6 +260,22 @@ def test_play_prints_the_mean_score_with_its_interval(tmp_path):
     assert "the mean score over the 1 episodes before each mark" in plot.stdout
 
 
+def test_another_game_is_recorded_as_a_gif_of_its_own_screens(game_run, tmp_path):
+    """--record-gif 40 at scale 1: the game's first 40 observations, 210 x 160, at 30 frames a
+    second (Pillow merges repeated frames into longer ones)."""
+    from PIL import Image, ImageSequence
+
+    name, cwd, _, _ = game_run
+    checkpoint = cwd / "models" / name.lower() / f"model_{name.lower()}.npz"
+    flags = ["--play", "1", "--model", str(checkpoint), "--envs", "1", "--record", "videos"]
+    result = run_script([*flags, "--record-gif", "40", "--record-scale", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "videos" / "episode-000000.gif") as gif:
+        assert gif.size == (160, 210)
+        durations = [frame.info["duration"] for frame in ImageSequence.Iterator(gif)]
+    assert sum(durations) == 40 * 30
+
+
 def test_plotting_runs_of_two_games_together_is_refused(tmp_path):
     for name in ("Breakout", "Pong"):
         flags = ["--game", name, "--episodes", "1", "--batch-size", "1", "--envs", "1"]
