@@ -1702,6 +1702,7 @@ def play(args):
 TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
 ALMOST_NEVER_LOSES = 30000
 MILESTONE_EVERY = 5000
+STEP_MARKS = (2, 5, 10, 20, 40, 80)  # million agent steps, to compare runs whose episodes differ
 
 
 def progress_columns(folder):
@@ -1719,6 +1720,7 @@ def progress_columns(folder):
     names = ("episode", "reward", "running_mean", "points_won", "points_lost", "steps")
     columns = {name: np.array([float(row[name]) for row in rows]) for name in names}
     columns["hours"] = hours_trained(rows)
+    columns["agent_steps"] = np.cumsum(columns["steps"]) / 1e6
     columns["game"] = folder_game(folder)
     return columns
 
@@ -1814,6 +1816,13 @@ def print_milestones(folder, run, shares, window):
     )
     print_milestone_table(run, shares, window)
     steps = np.cumsum(run["steps"])
+    for millions in STEP_MARKS:
+        if steps[-1] >= millions * 1e6 and (at := int(np.searchsorted(steps, millions * 1e6))):
+            print(
+                f"  {millions:>3} million agent steps (episode {at}, {run['hours'][at]:.2f} h): "
+                f"running mean {run['running_mean'][at]:+.2f}, points won "
+                f"{points[max(at - window + 1, 0)]:.1f}% over the {window} episodes before"
+            )
 
     def when(at):
         return f"after {steps[at] / 1e6:.1f} million agent steps and {run['hours'][at]:.2f} hours"
@@ -1843,11 +1852,12 @@ def print_milestones(folder, run, shares, window):
     print(f"  90% of games won over {window} episodes in a row: {where}")
 
 
-def draw_group(top, bottom, name, group, runs, lower, window):
+def draw_group(top, bottom, name, group, runs, lower, window, against="episode"):
     """One line in each panel for a run, or for the seeds of one setting their mean, with a band
-    from the lowest to the highest seed. lower: each run's series of the bottom panel."""
+    from the lowest to the highest seed. lower: each run's series of the bottom panel; against:
+    the x axis, "episode" or "agent_steps" (where seeds are not grouped)."""
     length = min(len(runs[folder]["episode"]) for folder in group)
-    episodes = runs[group[0]]["episode"][:length]
+    episodes = runs[group[0]][against][:length]
     means = np.array([runs[folder]["running_mean"][:length] for folder in group])
     points = np.array([lower[folder][: length - window + 1] for folder in group])
     label = (
@@ -1897,22 +1907,22 @@ def plot(args):
     else:
         lower = {folder: moving_mean(run["reward"], window) for folder, run in runs.items()}
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    groups = seed_groups(folders)
+    against = "agent_steps" if args.against == "steps" else "episode"
+    groups = seed_groups(folders) if against == "episode" else {f: [f] for f in folders}
     if len(runs) == 1:  # one run: every episode as a dot behind its mean
         (run,) = runs.values()
-        top.plot(
-            run["episode"], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward"
-        )
+        top.plot(run[against], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
     for name, group in groups.items():
-        draw_group(top, bottom, name, group, runs, lower, window)
+        draw_group(top, bottom, name, group, runs, lower, window, against)
     for folder, run in runs.items():
         if game_name == "Pong":
             print_milestones(folder, run, shares[folder], window)
         else:
             print_score_milestones(folder, run, lower[folder], window)
     names = [group[0] if len(group) == 1 else name for name, group in groups.items()]
-    if game_name == "Pong":
+    if game_name == "Pong" and against == "episode":
         draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
+    if game_name == "Pong":
         top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
         top.set_title("Pong from pixels: " + ", ".join(names), fontsize="medium")
         bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)")
@@ -1922,7 +1932,7 @@ def plot(args):
         top.set(ylabel="score (episode reward)")
         top.set_title(f"{game_name} from pixels: " + ", ".join(names), fontsize="medium")
         bottom.set(ylabel=f"mean score\n(last {window} episodes)")
-    bottom.set(xlabel="episode")
+    bottom.set(xlabel="episode" if against == "episode" else "million agent steps")
     for axis in (top, bottom):
         axis.legend(loc="upper left", fontsize="small")
     figure.tight_layout()
@@ -2070,6 +2080,13 @@ def make_parser(with_defaults=True):
         nargs="*",
         metavar="DIR",
     )
+    flag(
+        "--against",
+        "with --plot: the x axis, episodes or (agent) steps; runs compared by steps are drawn "
+        "one by one, not as a setting's seeds",
+        choices=("episodes", "steps"),
+        default="episodes",
+    )
     return parser
 
 
@@ -2094,7 +2111,7 @@ def refuse_idle_flags(given, parser):
         parser.error("--resume and --restart are opposites: choose one")
     if "plot" in given:
         command = "--plot"
-        used = {"plot"} if given["plot"] else {"plot", "model_dir", "model", "game"}
+        used = {"plot", "against"} | (set() if given["plot"] else {"model_dir", "model", "game"})
     elif "play" in given:
         command = "--play"
         used = PLAY_FLAGS | RECORDING_FLAGS

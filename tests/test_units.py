@@ -921,6 +921,9 @@ def test_parse_args_plot_takes_any_number_of_folders(pong):
         (["--plot", "--render"], "--render does nothing with --plot"),
         (["--plot", "runs/a", "--model-dir", "runs/b"], "--model-dir does nothing with --plot"),
         (["--plot", "--record", "v"], "--record does nothing with --plot"),
+        (["--against", "steps"], "--against does nothing with training"),
+        (["--play", "2", "--against", "steps"], "--against does nothing with --play"),
+        (["--plot", "runs/a", "--game", "Breakout"], "--game does nothing with --plot"),
         (["--resume", "--restart"], "--resume and --restart are opposites"),
     ],
 )

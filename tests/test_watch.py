@@ -274,6 +274,40 @@ def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_
     }
 
 
+def test_plot_prints_each_run_at_2_and_5_million_agent_steps(pong, tmp_path, capsys):
+    """Runs whose episodes differ in length are compared at equal agent steps: each row of
+    write_progress plays 1,000, so 2 million are reached at episode 1999."""
+    run = tmp_path / "run"
+    write_progress(run, [i / 1000 for i in range(6000)], [7] * 6000)
+    pong.plot(pong.parse_args(["--plot", str(run)]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "agent steps (" in line]
+    assert lines == [
+        f"    {m} million agent steps (episode {m * 1000 - 1}, 0.00 h): running mean +{m}.00, "
+        "points won 25.0% over the 600 episodes before"
+        for m in (2, 5)
+    ]
+
+
+def test_plot_against_steps_draws_each_seed_by_its_agent_steps(pong, tmp_path):
+    """--against steps: the x axis is agent steps, so a setting's seeds, whose episodes differ
+    in length, are drawn one by one, not as their mean by episode."""
+    first, second = tmp_path / "trial" / "seed-1", tmp_path / "trial" / "seed-2"
+    write_progress(first, [-20.0, -19.0, -18.0], [1, 2, 3])
+    write_progress(second, [-20.0, -17.0], [1, 4])
+    figure = pong.plot(pong.parse_args(["--plot", str(first), str(second), "--against", "steps"]))
+    top, bottom = figure.axes
+    lines = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for line in top.get_lines()
+        if not line.get_label().startswith("_")
+    }
+    assert lines == {
+        f"{first}: running mean (3 episodes)": ([0.001, 0.002, 0.003], [-20.0, -19.0, -18.0]),
+        f"{second}: running mean (2 episodes)": ([0.001, 0.002], [-20.0, -17.0]),
+    }
+    assert bottom.get_xlabel() == "million agent steps"
+
+
 def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp_path, capsys):
     """Points and games won over the window before each mark (a milestone or
     the last episode), and hours of training, where a gap of 2 minutes or
@@ -288,7 +322,7 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     ]  # from 2500 a quarter won (each lost 21)
     write_progress(run, [0.0] * 6000, won, times)
     pong.plot(pong.parse_args(["--plot", str(run)]))
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "agent steps (" not in line]
     quarter = f"points won  {100 * (21 + 3 * 7) / (42 + 3 * 28):.1f}%, games won  25.0%"
     assert lines[:5] == [
         f"{run}: 6000 episodes in 1.67 hours of training; over the 600 episodes before each mark, "
