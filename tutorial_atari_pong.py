@@ -176,19 +176,22 @@ def frame_function(game_name):
     if game_name == "Pong":
         return prepro
     rules = GAMES[game_name]
-    drawn = np.ones(256, bool)
-    drawn[list(rules.background)] = False
-    rows = blocks(*rules.rows)
-    columns = blocks(*rules.columns)
     (top, bottom), (left, right) = rules.rows, rules.columns
+    rows = [row - top for row in blocks(top, bottom)]
+    columns = [column - left for column in blocks(left, right)]
 
     def game_prepro(screen):
-        marks = drawn[screen]
+        field = screen[top:bottom, left:right]
+        colours = rules.background
         if rules.changing_background:
-            field = screen[top:bottom, left:right]
-            marks &= screen != np.bincount(field.ravel(), minlength=256).argmax()
-        by_rows = marks[rows[0]] | marks[rows[1]] | marks[rows[2]]
-        return (by_rows[:, columns[0]] | by_rows[:, columns[1]] | by_rows[:, columns[2]]).ravel()
+            colours = (*colours, np.bincount(field.ravel(), minlength=256).argmax())
+        marks = field != colours[0]
+        for colour in colours[1:]:
+            marks &= field != colour
+        by_rows = marks.take(rows[0], 0) | marks.take(rows[1], 0) | marks.take(rows[2], 0)
+        return (
+            by_rows.take(columns[0], 1) | by_rows.take(columns[1], 1) | by_rows.take(columns[2], 1)
+        ).ravel()
 
     return game_prepro
 
