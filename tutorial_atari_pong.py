@@ -382,15 +382,15 @@ def cnn_base(weights):
     return conv1, conv2, conv2.ravel() @ hidden_w + hidden_b
 
 
-def touched(cells, count):
-    """The distinct cells among `cells` (each below count + 1), sorted, and where each of `cells`
-    is among them: np.unique's answer without its sort."""
-    marks = np.zeros(count + 1, bool)
-    marks[cells] = True
+def marked(keys, count):
+    """The distinct keys (each below count), sorted, and for every value below count its place
+    among them (-1: not a key): np.unique's answer by marking, without its sort."""
+    marks = np.zeros(count, bool)
+    marks[keys] = True
     distinct = np.flatnonzero(marks)
-    place = np.empty(count + 1, np.intp)
-    place[distinct] = np.arange(len(distinct))
-    return distinct, place[cells]
+    place = np.full(count, -1, np.int32)
+    place[distinct] = np.arange(len(distinct), dtype=np.int32)
+    return distinct, place
 
 
 def cnn_action_probabilities(weights, base, changed, signs):
@@ -399,12 +399,13 @@ def cnn_action_probabilities(weights, base, changed, signs):
     those are computed, and the hidden layer adds what they change to its base (cnn_base)."""
     conv1_w, conv1_b, conv2_w, conv2_b, hidden_w, _, output_w, output_b = weights
     conv1_base, conv2_base, hidden_base = base
-    windows, rows = touched(PIXEL_WINDOWS[changed], WINDOWS)
+    changed_windows = PIXEL_WINDOWS[changed]
+    windows, place = marked(changed_windows, WINDOWS + 1)  # with the spare window
     patches = np.zeros((len(windows), CONV1_TAPS), np.float32)
-    patches[rows.ravel(), PIXEL_TAPS[changed].ravel()] = np.repeat(signs, 4)
+    patches[place[changed_windows].ravel(), PIXEL_TAPS[changed].ravel()] = np.repeat(signs, 4)
     conv1 = conv1_base.copy()
     conv1[windows] = np.maximum(patches @ conv1_w.reshape(CONV1_TAPS, -1) + conv1_b, 0)
-    positions, _ = touched(WINDOW_POSITIONS[windows], POSITIONS)
+    positions, _ = marked(WINDOW_POSITIONS[windows], POSITIONS + 1)
     positions = positions[positions < POSITIONS]
     patches = conv1[POSITION_WINDOWS[positions]].reshape(len(positions), CONV2_TAPS * CONV1_FILTERS)
     conv2 = np.maximum(patches @ conv2_w.reshape(-1, CONV2_FILTERS) + conv2_b, 0)
@@ -414,17 +415,6 @@ def cnn_action_probabilities(weights, base, changed, signs):
     logits = hidden_units @ output_w + output_b
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
-
-
-def marked(keys, count):
-    """The distinct keys (each below count), sorted, and where each key is among them: np.unique's
-    answer by marking, without its sort."""
-    marks = np.zeros(count, bool)
-    marks[keys] = True
-    distinct = np.flatnonzero(marks)
-    place = np.full(count, -1, np.int32)
-    place[distinct] = np.arange(len(distinct), dtype=np.int32)
-    return distinct, place
 
 
 def chunk_layout(indices, signs, n_steps):
@@ -1687,9 +1677,9 @@ def play(args):
     try:
         for episode in player.play(weights, range(args.play), lambda line: None, stop):
             results.append(episode)
-            won = episode.points_won
-            lost = episode.points_lost
             if args.game == "Pong":
+                won = episode.points_won
+                lost = episode.points_lost
                 print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
             else:
                 print(f"episode {episode.number}: score {episode.reward:g}")
@@ -1745,16 +1735,16 @@ def print_score_milestones(folder, run, scores, window):
     """For games other than Pong: the mean score over the `window` episodes before each
     5,000-episode mark, and the best `window` episodes in a row."""
     episodes = len(run["episode"])
-    steps = np.cumsum(run["steps"])
+    steps = run["agent_steps"]
     print(
-        f"{folder}: {episodes} episodes ({steps[-1] / 1e6:.1f} million agent steps) in "
+        f"{folder}: {episodes} episodes ({steps[-1]:.1f} million agent steps) in "
         f"{run['hours'][-1]:.2f} hours of training; the mean score over the {window} episodes "
         "before each mark:"
     )
     for mark in [*range(MILESTONE_EVERY, episodes, MILESTONE_EVERY), episodes]:
         print(
             f"  {mark:>6} episodes: {scores[mark - window]:8.2f}, "
-            f"{steps[mark - 1] / 1e6:.1f} million agent steps, {run['hours'][mark - 1]:5.2f} hours"
+            f"{steps[mark - 1]:.1f} million agent steps, {run['hours'][mark - 1]:5.2f} hours"
         )
     at = int(np.argmax(scores))
     print(f"  best {window} episodes in a row: {scores[at]:.2f} (episodes {at}-{at + window - 1})")
@@ -1818,9 +1808,9 @@ def print_milestones(folder, run, shares, window):
         f"over the {window} episodes before each mark, and over all since the mark before:"
     )
     print_milestone_table(run, shares, window)
-    steps = np.cumsum(run["steps"])
+    steps = run["agent_steps"]
     for millions in STEP_MARKS:
-        if steps[-1] >= millions * 1e6 and (at := int(np.searchsorted(steps, millions * 1e6))):
+        if steps[-1] >= millions and (at := int(np.searchsorted(steps, millions))):
             print(
                 f"  {millions:>3} million agent steps (episode {at}, {run['hours'][at]:.2f} h): "
                 f"running mean {run['running_mean'][at]:+.2f}, points won "
@@ -1828,7 +1818,7 @@ def print_milestones(folder, run, shares, window):
             )
 
     def when(at):
-        return f"after {steps[at] / 1e6:.1f} million agent steps and {run['hours'][at]:.2f} hours"
+        return f"after {steps[at]:.1f} million agent steps and {run['hours'][at]:.2f} hours"
 
     labels = ("running mean first above 0", "above 0 from then on")
     for label, at in zip(labels, crossings(run), strict=True):
@@ -1836,7 +1826,7 @@ def print_milestones(folder, run, shares, window):
         if at is not None:
             where = f"episode {at}, {when(at)} ({len(steps) - at} episodes ago)"
         print(f"  {label}: {where}")
-    rewards = np.convolve(run["reward"], np.ones(window), "valid") / window
+    rewards = moving_mean(run["reward"], window)
     best = []
     for name, series, form in (
         ("games won", games, "{:.1f}%"),
