@@ -508,6 +508,40 @@ def sparse_product(frames, weights):
     return product(weights)
 
 
+def gathered(rows, index):
+    """tf.gather(rows, index), whose gradient adds up each row's reads by a sparse product: TF's
+    own (an unsorted segment sum) was the update's slowest operation."""
+
+    @tf.custom_gradient
+    def gather(table):
+        def gradient(upstream):
+            reads = tf.size(index, tf.int64)
+            read_rows = tf.cast(tf.reshape(index, [-1]), tf.int64)
+            selection = csr.sparse_tensor_to_csr_sparse_matrix(
+                tf.stack([tf.range(reads), read_rows], axis=1),
+                tf.ones([reads]),
+                tf.stack([reads, tf.shape(table, tf.int64)[0]]),
+            )
+            transposed = csr.sparse_matrix_transpose(selection, tf.float32)
+            flat = tf.reshape(upstream, [reads, -1])
+            return csr.sparse_matrix_mat_mul(transposed, flat)
+
+        return tf.gather(table, index), gradient
+
+    return gather(rows)
+
+
+def summed_by_step(values, steps, n_steps):
+    """tf.math.unsorted_segment_sum(values, steps, n_steps), whose gradient is a plain gather: TF's
+    own also masks out negative steps (there are none), which took longer than the gather."""
+
+    @tf.custom_gradient
+    def total(rows):
+        return tf.math.unsorted_segment_sum(rows, steps, n_steps), lambda up: tf.gather(up, steps)
+
+    return total(values)
+
+
 def chunk_signature():
     """What a gradient function takes: a chunk of n_steps difference frames and their labels and
     returns."""
@@ -573,7 +607,7 @@ def make_cnn_gradient_fn(model):
             moved_windows = conv1.act(sparse_product(patches, filters) + conv1.b)
             window_rows = tf.concat([moved_windows, still_window[None]], axis=0)
             filters = tf.reshape(conv2.W, [CONV2_TAPS * CONV1_FILTERS, CONV2_FILTERS])
-            reads = tf.reshape(tf.gather(window_rows, windows), [-1, CONV2_TAPS * CONV1_FILTERS])
+            reads = tf.reshape(gathered(window_rows, windows), [-1, CONV2_TAPS * CONV1_FILTERS])
             moved = conv2.act(reads @ filters + conv2.b)
             still = conv2.act(tf.tile(still_window, [CONV2_TAPS])[None] @ filters + conv2.b)
             still_hidden = tf.tile(still, [1, POSITIONS]) @ hidden_layer.W + hidden_layer.b
@@ -586,7 +620,7 @@ def make_cnn_gradient_fn(model):
             products = [
                 change @ rows for change, rows in zip(changes, rows_by_position, strict=True)
             ]
-            moved_hidden = tf.math.unsorted_segment_sum(tf.concat(products, 0), steps, n_steps)
+            moved_hidden = summed_by_step(tf.concat(products, 0), steps, n_steps)
             logits = output_layer(hidden_layer.act(still_hidden + moved_hidden))
             loss = tl.rein.cross_entropy_reward_loss(logits, *targets)
         return tape.gradient(loss, model.trainable_weights)
