@@ -215,7 +215,7 @@ def test_the_sparse_chunk_gradient_equals_the_dense_gradient(graded, frames):
     labels = rng.integers(0, 3, len(frames)).astype(np.int32)
     returns = rng.normal(0, 1, len(frames)).astype(np.float32)
     indices, signs = step_pixels(frames)
-    got = gradient_fn(indices, signs, np.int64(len(frames)), labels, returns)
+    (got,) = gradient_fn([(indices, signs, np.int64(len(frames)), labels, returns)])
     assert_gradients_close([g.numpy() for g in got], dense_gradient(model, frames, labels, returns))
 
 

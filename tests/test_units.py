@@ -401,10 +401,9 @@ def test_the_sparse_gradient_is_bit_identical_from_call_to_call(pong):
     gradient_fn = pong.make_gradient_fn(fresh_policy(pong))
 
     def gradients():
-        return [
-            g.numpy()
-            for g in gradient_fn(pixels.astype(np.int64), signs, np.int64(n_steps), labels, returns)
-        ]
+        chunk = (pixels.astype(np.int64), signs, np.int64(n_steps), labels, returns)
+        (grads,) = gradient_fn([chunk])
+        return [g.numpy() for g in grads]
 
     first = gradients()
     assert np.abs(first[0]).max() > 0
