@@ -240,6 +240,19 @@ def test_another_games_checkpoint_is_refused_for_pong(game_run):
         assert f"holds a --game {name} policy, this run has --game Pong" in result.stderr
 
 
+def test_the_convolutional_policy_plays_another_game_with_a_logit_per_action(tmp_path):
+    flags = ["--game", "Breakout", "--network", "cnn", "--episodes", "1", "--batch-size", "1"]
+    result = run_script([*flags, "--envs", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoint = tmp_path / "models" / "breakout" / "model_breakout.npz"
+    arrays = load_checkpoint(checkpoint)
+    assert (str(arrays["config/network"]), str(arrays["config/game"])) == ("cnn", "Breakout")
+    assert arrays["output/weights"].shape == (256, 4)
+    played = run_script(["--play", "1", "--model", str(checkpoint), "--envs", "1"], tmp_path)
+    assert played.returncode == 0, played.stderr
+    assert SCORE_SUMMARY_RE.match(played.lines[-1]), played.lines[-1]
+
+
 def test_play_prints_the_mean_score_with_its_interval(tmp_path):
     flags = ["--game", "Breakout", "--episodes", "1", "--batch-size", "1", "--envs", "1"]
     assert run_script(flags, tmp_path).returncode == 0
