@@ -191,6 +191,19 @@ def test_action_probabilities_of_an_empty_frame_with_zero_biases_are_uniform(pon
     np.testing.assert_allclose(probs, [1 / 3] * 3, rtol=1e-6)
 
 
+def test_importing_the_script_gives_numpy_one_thread_unless_the_user_chose():
+    code = "import os, tutorial_atari_pong, numpy; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    for chosen, expected in ((None, "1"), ("2", "2")):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if chosen:
+            env["OPENBLAS_NUM_THREADS"] = chosen
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
+
+
 # --- sampling -------------------------------------------------------------------
 
 
