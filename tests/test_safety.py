@@ -469,8 +469,9 @@ def test_update_policy_refuses_a_non_finite_gradient_and_save_refuses_non_finite
     optimizer = pong.make_optimizer(model, 1e-4, 0.99)
     before = [w.numpy().copy() for w in model.trainable_weights]
 
-    def nan_gradient(*args):
-        return [np.full(w.shape, np.nan, np.float32) for w in model.trainable_weights]
+    def nan_gradient(chunks):
+        for _ in chunks:
+            yield [np.full(w.shape, np.nan, np.float32) for w in model.trainable_weights]
 
     rewards = np.array([0, 1], np.int8)
     batch = [
