@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -1984,14 +1985,15 @@ def plot(args):
         draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
     if game_name == "Pong":
         top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
-        top.set_title("Pong from pixels: " + ", ".join(names), fontsize="medium")
         bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)")
         bottom.axhline(50, color="grey", linewidth=0.8)  # a point won as often as lost
         top.axhline(0, color="grey", linewidth=0.8)  # a game won as often as lost
     else:
         top.set(ylabel="score (episode reward)")
-        top.set_title(f"{game_name} from pixels: " + ", ".join(names), fontsize="medium")
         bottom.set(ylabel=f"mean score\n(last {window} episodes)")
+    title = f"{game_name} from pixels: " + ", ".join(names)
+    lines = textwrap.wrap(title, 110, break_long_words=False, break_on_hyphens=False)
+    top.set_title("\n".join(lines), fontsize="medium")  # long folder names: on two lines
     bottom.set(xlabel="episode" if against == "episode" else "million agent steps")
     for axis in (top, bottom):
         axis.legend(loc="upper left", fontsize="small")

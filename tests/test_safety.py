@@ -628,9 +628,10 @@ def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, 
     ]
     np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
     assert len(top.collections) == 1, "one band, for the setting with two seeds"
-    assert top.get_title() == f"Pong from pixels: {trial}, {other}", (
+    assert top.get_title().replace("\n", " ") == f"Pong from pixels: {trial}, {other}", (
         "the title names each setting once"
     )
+    assert max(len(line) for line in top.get_title().splitlines()) <= 110, "long names wrap"
     assert (tmp_path / "learning_curve.png").exists()
     assert capsys.readouterr().out.count(" hours of training; over the ") == 3, (
         "each folder still gets its own table"
