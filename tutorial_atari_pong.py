@@ -40,8 +40,8 @@ import warnings
 import zipfile
 
 # One thread for numpy's matrix products (OpenBLAS): the policy's are small, and with the game's
-# processes on every core, a second thread only waits for a core (the CNN trained at 0.66 of the
-# MLP's agent steps per second with one, 0.58 with two; the same numbers either way).
+# processes on every core, a second thread only waits for a core (the CNN trained at 0.64-0.66 of
+# the MLP's agent steps per second with one, 0.58 with two; the same numbers either way).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
