@@ -388,15 +388,21 @@ def cnn_base(weights):
     return conv1, conv2, conv2.ravel() @ hidden_w + hidden_b
 
 
-def marked(keys, count):
-    """The distinct keys (each below count), sorted, and for every value below count its place
-    among them (-1: not a key): np.unique's answer by marking, without its sort."""
+def distinct(keys, count):
+    """The distinct keys (each below count), sorted: np.unique's answer by marking, without its
+    sort."""
     marks = np.zeros(count, bool)
     marks[keys] = True
-    distinct = np.flatnonzero(marks)
+    return np.flatnonzero(marks)
+
+
+def marked(keys, count):
+    """distinct(keys, count), and for every value below count its place among them (-1: not a
+    key)."""
+    distinct_keys = distinct(keys, count)
     place = np.full(count, -1, np.int32)
-    place[distinct] = np.arange(len(distinct), dtype=np.int32)
-    return distinct, place
+    place[distinct_keys] = np.arange(len(distinct_keys), dtype=np.int32)
+    return distinct_keys, place
 
 
 def cnn_action_probabilities(weights, base, changed, signs):
@@ -411,7 +417,7 @@ def cnn_action_probabilities(weights, base, changed, signs):
     patches[place[changed_windows].ravel(), PIXEL_TAPS[changed].ravel()] = np.repeat(signs, 4)
     conv1 = conv1_base.copy()
     conv1[windows] = np.maximum(patches @ conv1_w.reshape(CONV1_TAPS, -1) + conv1_b, 0)
-    positions, _ = marked(WINDOW_POSITIONS[windows], POSITIONS + 1)
+    positions = distinct(WINDOW_POSITIONS[windows], POSITIONS + 1)
     positions = positions[positions < POSITIONS]
     patches = conv1[POSITION_WINDOWS[positions]].reshape(len(positions), CONV2_TAPS * CONV1_FILTERS)
     conv2 = np.maximum(patches @ conv2_w.reshape(-1, CONV2_FILTERS) + conv2_b, 0)
@@ -442,7 +448,7 @@ def chunk_layout(indices, signs, n_steps):
     window_steps, windows = np.divmod(touched_windows, WINDOWS)
     positions = WINDOW_POSITIONS[windows]
     position_keys = (positions * n_steps + window_steps[:, None])[positions < POSITIONS]
-    pairs, _ = marked(position_keys, POSITIONS * n_steps)
+    pairs = distinct(position_keys, POSITIONS * n_steps)
     pair_positions, pair_steps = np.divmod(pairs, n_steps)
     read_rows = window_rows[pair_steps[:, None] * WINDOWS + POSITION_WINDOWS[pair_positions]]
     read_rows[read_rows < 0] = len(touched_windows)
@@ -1918,21 +1924,21 @@ def draw_group(top, bottom, name, group, runs, lower, window, against="episode")
     from the lowest to the highest seed. lower: each run's series of the bottom panel; against:
     the x axis, "episode" or "agent_steps" (where seeds are not grouped)."""
     length = min(len(runs[folder]["episode"]) for folder in group)
-    episodes = runs[group[0]][against][:length]
+    x = runs[group[0]][against][:length]
     means = np.array([runs[folder]["running_mean"][:length] for folder in group])
     points = np.array([lower[folder][: length - window + 1] for folder in group])
     label = (
         group[0] if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
     )
     (line,) = top.plot(
-        episodes, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
+        x, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
     )
     colour = line.get_color()
-    later = episodes[window - 1 :]
+    later = x[window - 1 :]
     what = "points won" if runs[group[0]]["game"] == "Pong" else f"mean score, last {window}"
     bottom.plot(later, points.mean(0), linewidth=2, color=colour, label=f"{label}: {what}")
     if len(group) > 1:
-        top.fill_between(episodes, means.min(0), means.max(0), color=colour, alpha=0.2)
+        top.fill_between(x, means.min(0), means.max(0), color=colour, alpha=0.2)
         bottom.fill_between(later, points.min(0), points.max(0), color=colour, alpha=0.2)
 
 
