@@ -2055,6 +2055,15 @@ def make_parser(with_defaults=True):
             options["default"] = argparse.SUPPRESS
         parser.add_argument(name, help=help, **options)
 
+    training_flags(flag)
+    policy_flags(flag)
+    output_flags(flag)
+    return parser
+
+
+def training_flags(flag):
+    """The tutorial's two switches (render, resume) and a training run's flags: where it starts,
+    how long, the update's settings."""
     true = "store_true"
     flag("--render", "show the game in a window (needs a display)", action=true, default=render)
     flag("--resume", "continue training from the checkpoint", action=true, default=resume)
@@ -2072,6 +2081,11 @@ def make_parser(with_defaults=True):
     flag("--learning-rate", "RMSProp learning rate", type=positive_float, default=learning_rate)
     flag("--gamma", "reward discount factor", type=discount, default=gamma)
     flag("--decay-rate", "RMSProp decay of the mean square", type=decay, default=decay_rate)
+
+
+def policy_flags(flag):
+    """The flags of what is learned and how it plays: the game, the network, the seed, the
+    workers, where the run lives."""
     flag(
         "--game",
         "the Atari game; one other than Pong keeps its run in MODEL_DIR/GAME (lower case) "
@@ -2114,6 +2128,10 @@ def make_parser(with_defaults=True):
         type=positive_int,
         default=save_every,
     )
+
+
+def output_flags(flag):
+    """The flags that play, record or plot a checkpoint's runs rather than (or besides) train."""
     flag(
         "--play",
         "play N episodes with the checkpoint's policy, learn nothing",
@@ -2155,7 +2173,6 @@ def make_parser(with_defaults=True):
         choices=("episodes", "steps"),
         default="episodes",
     )
-    return parser
 
 
 # The flags each command uses: another command refuses them rather than ignore them.

@@ -493,9 +493,15 @@ def spawn_ceiling(processes, steps, seed, timeout):
                 child.kill()
                 child.wait()
             stderr.close()
+    return ceiling_summary(steps, results, machine)
+
+
+def ceiling_summary(steps, results, machine):
+    """One ceiling run's figures from its processes' results: summed rates, and the wall-clock
+    from the first start to the last end."""
     first_start, last_end = min(r["started"] for r in results), max(r["ended"] for r in results)
     return {
-        "processes": processes,
+        "processes": len(results),
         "steps": sum(r["steps"] for r in results),
         "episodes": sum(r["episodes"] for r in results),
         "updates": 0,

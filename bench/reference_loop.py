@@ -47,6 +47,23 @@ def get_model(inputs_shape, seed=1):
     return tl.models.Model(inputs=ni, outputs=nn, name="mlp")
 
 
+def update(model, optimizer, xs, ys, rs, gamma):
+    """One RMSProp step on the whole batch, every observation a dense float32 row."""
+    epx = np.vstack(xs)
+    epy = np.asarray(ys, dtype=np.int64)
+    epr = np.asarray(rs, dtype=np.float32)
+    disR = tl.rein.discount_episode_rewards(epr, gamma)
+    disR -= np.mean(disR)
+    std = np.std(disR)
+    if std > 0:
+        disR /= std
+    with tf.GradientTape() as tape:
+        _prob = model(epx)
+        _loss = tl.rein.cross_entropy_reward_loss(_prob, epy, disR)
+    grad = tape.gradient(_loss, model.trainable_weights)
+    optimizer.apply_gradients(zip(grad, model.trainable_weights, strict=True))
+
+
 def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.99, seed=1):
     """Play exactly max_steps agent steps, updating every batch_size episodes
     (and once more at the end on whatever was collected since the last
@@ -61,21 +78,6 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
     optimizer = tf.compat.v1.train.RMSPropOptimizer(
         learning_rate, decay=decay_rate
     )  # the tutorial's
-
-    def update(xs, ys, rs):
-        epx = np.vstack(xs)  # every observation of the batch, dense float32
-        epy = np.asarray(ys, dtype=np.int64)
-        epr = np.asarray(rs, dtype=np.float32)
-        disR = tl.rein.discount_episode_rewards(epr, gamma)
-        disR -= np.mean(disR)
-        std = np.std(disR)
-        if std > 0:
-            disR /= std
-        with tf.GradientTape() as tape:
-            _prob = model(epx)
-            _loss = tl.rein.cross_entropy_reward_loss(_prob, epy, disR)
-        grad = tape.gradient(_loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grad, model.trainable_weights, strict=True))
 
     prev_x = None
     xs, ys, rs = [], [], []
@@ -103,13 +105,13 @@ def run(max_steps, batch_size=10, learning_rate=1e-4, gamma=0.99, decay_rate=0.9
             prev_x = None
             if episodes % batch_size == 0:
                 t = time.perf_counter()
-                update(xs, ys, rs)
+                update(model, optimizer, xs, ys, rs, gamma)
                 update_seconds += time.perf_counter() - t
                 updates += 1
                 xs, ys, rs = [], [], []
     if xs or updates == 0:
         t = time.perf_counter()
-        update(xs, ys, rs)
+        update(model, optimizer, xs, ys, rs, gamma)
         update_seconds += time.perf_counter() - t
         updates += 1
     seconds = time.perf_counter() - started

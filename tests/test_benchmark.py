@@ -15,8 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARK = ROOT / "bench" / "benchmark.py"
 
 
-@pytest.mark.e2e
-def test_benchmark_runs_tiny_and_ends_with_consistent_json():
+@pytest.fixture(scope="module")
+def run():
+    """One tiny run of the benchmark for every test here: its stdout and its last line's JSON."""
     completed = subprocess.run(
         [
             sys.executable,
@@ -37,9 +38,13 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     lines = completed.stdout.strip().splitlines()
-    assert any(line.startswith("variant") for line in lines), completed.stdout  # the table
-    summary = json.loads(lines[-1])
+    return completed.stdout, json.loads(lines[-1])
 
+
+@pytest.mark.e2e
+def test_the_benchmark_prints_its_table_and_the_ratios_it_measured(run):
+    stdout, summary = run
+    assert any(line.startswith("variant") for line in stdout.splitlines()), stdout
     for key in (
         "steps_per_s",
         "ratio_vs_emulator",
@@ -72,10 +77,14 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
         rounds
     )  # of two rounds, the lower is the median
 
+
+@pytest.mark.e2e
+def test_every_variant_plays_the_same_steps_and_the_update_sees_them_all(run):
+    _, summary = run
     variants = summary["variants"]
     steps = variants["own"]["steps"]
     assert steps > 0 and all(
-        variants[name]["steps"] == steps for name in rates
+        variants[name]["steps"] == steps for name in summary["steps_per_s"]
     )  # same agent steps each
     assert variants["own"]["updates"] >= 1 and variants["reference"]["updates"] >= 1
     assert (
@@ -83,27 +92,38 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     )  # the own loop's update saw every step it played
     assert summary["update"]["steps"] == summary["update_100k_steps"] == 3000
 
-    # the ceiling: one emulator process per worker of the own loop, the own loop's steps split
-    # evenly, a seed each, run just before and just after the own loop; its rate is the mean of
-    # the two runs' sums of their processes' rates, which no wall-clock aggregate can exceed
+
+@pytest.mark.e2e
+def test_the_ceiling_runs_one_emulator_per_worker_around_the_own_loop(run):
+    """One emulator process per worker of the own loop, the own loop's steps split evenly, a seed
+    each, run just before and just after the own loop; its rate is the mean of the two runs' sums
+    of their processes' rates, which no wall-clock aggregate can exceed."""
+    _, summary = run
+    variants = summary["variants"]
+    rates = summary["steps_per_s"]
     ceiling = variants["ceiling"]
     before, after = ceiling["before"], ceiling["after"]
     assert summary["ceiling_processes"] == ceiling["processes"] == variants["own"]["envs"] >= 1
-    for run in (before, after):
-        assert len(run["per_process"]) == ceiling["processes"]
-        assert len({p["seed"] for p in run["per_process"]}) == ceiling["processes"]
-        assert 0 < run["wall_steps_per_s"] <= run["summed_steps_per_s"] * (1 + 1e-9)
+    for ceiling_run in (before, after):
+        assert len(ceiling_run["per_process"]) == ceiling["processes"]
+        assert len({p["seed"] for p in ceiling_run["per_process"]}) == ceiling["processes"]
+        assert 0 < ceiling_run["wall_steps_per_s"] <= ceiling_run["summed_steps_per_s"] * (1 + 1e-9)
     shares = [p["steps"] for p in after["per_process"]]
     assert (
-        sum(shares) == steps and max(shares) - min(shares) <= 1
+        sum(shares) == variants["own"]["steps"] and max(shares) - min(shares) <= 1
     )  # the ceiling after it plays the own run's steps
-    sums = [sum(p["steps"] / p["seconds"] for p in run["per_process"]) for run in (before, after)]
+    sums = [sum(p["steps"] / p["seconds"] for p in r["per_process"]) for r in (before, after)]
     assert rates["ceiling"] == pytest.approx(sum(sums) / 2, rel=1e-9)
     assert 0 < summary["ceiling_wall_steps_per_s"] <= rates["ceiling"] * (1 + 1e-9)
 
-    # each round's ratio taken apart: shares of time, CPU speeds, all measured, all consistent
+
+@pytest.mark.e2e
+def test_each_rounds_ratio_is_taken_apart_into_measured_consistent_shares(run):
+    _, summary = run
     breakdown = summary["ratio_vs_ceiling_breakdown"]
-    assert [b["ratio"] for b in breakdown] == pytest.approx(rounds, rel=1e-9)
+    assert [b["ratio"] for b in breakdown] == pytest.approx(
+        summary["ratio_vs_ceiling_rounds"], rel=1e-9
+    )
     for b in breakdown:
         assert 0 < b["own_playing_share"] <= 1.01 and 0 < b["own_on_cpu_share"] <= 1.05
         assert 0 < b["ceiling_on_cpu_share"] <= 1.05
@@ -112,13 +132,16 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
             assert set(machine) == {"busy", "idle", "steal"} and sum(
                 machine.values()
             ) == pytest.approx(1)
-    own = variants["own"]
+    own = summary["variants"]["own"]
     assert (
         own["episode_seconds"] > 0
         and 0 < own["episode_cpu_seconds"] <= own["episode_seconds"] * 1.05
     )
 
-    # the CNN beside the MLP: both networks' figures, all positive and finite, consistent
+
+@pytest.mark.e2e
+def test_the_cnn_is_measured_beside_the_mlp_and_its_ratio_adds_up(run):
+    stdout, summary = run
     networks = summary["networks"]
     assert set(networks) == {"mlp", "cnn"}
     for name, figures in networks.items():
@@ -154,11 +177,15 @@ def test_benchmark_runs_tiny_and_ends_with_consistent_json():
     )
     if extra["s_per_10k_steps"] > 0:  # the shares of the CNN's extra time add up
         assert extra["updating_share"] + extra["playing_share"] == pytest.approx(1)
-    assert "CNN / MLP training agent steps per second" in completed.stdout
+    assert "CNN / MLP training agent steps per second" in stdout
 
+
+@pytest.mark.e2e
+def test_the_cnns_own_loop_ceiling_and_update_are_the_cnns(run):
+    _, summary = run
     cnn = summary["cnn_variants"]
-    assert variants["own"]["network"] == "mlp" and cnn["own"]["network"] == "cnn"
+    assert summary["variants"]["own"]["network"] == "mlp" and cnn["own"]["network"] == "cnn"
     assert cnn["own"]["updates"] >= 1 and cnn["own"]["update_steps"] == cnn["own"]["steps"] > 0
     assert cnn["ceiling"]["processes"] == cnn["own"]["envs"]
     assert cnn["update"]["network"] == "cnn" and cnn["update"]["steps"] == 3000
-    assert cnn["update"]["peak_rss_mb"] == networks["cnn"]["peak_rss_100k_mb"] > 0
+    assert cnn["update"]["peak_rss_mb"] == summary["networks"]["cnn"]["peak_rss_100k_mb"] > 0

@@ -358,27 +358,9 @@ def test_batch_returns_give_undecided_steps_0_and_leave_whole_episodes_as_the_tu
 @pytest.mark.e2e
 def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_path):
     model_dir = tmp_path / "m"
-    first = run_script(
-        [
-            "--episodes",
-            1,
-            "--batch-size",
-            3,
-            "--learning-rate",
-            0.002,
-            "--decay-rate",
-            0.9,
-            "--gamma",
-            0.95,
-            "--envs",
-            1,
-            "--hidden",
-            8,
-            "--model-dir",
-            model_dir,
-        ],
-        tmp_path,
-    )
+    one_small_episode = ["--episodes", 1, "--envs", 1, "--hidden", 8, "--model-dir", model_dir]
+    settings = ["--learning-rate", 0.002, "--decay-rate", 0.9, "--gamma", 0.95]
+    first = run_script([*one_small_episode, *settings, "--batch-size", 3], tmp_path)
     assert first.returncode == 0, first.describe()
     arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
     assert {
@@ -387,28 +369,7 @@ def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_p
     } == {"learning_rate": 0.002, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 3}
     before = fingerprint(model_dir)
 
-    refused = run_script(
-        [
-            "--resume",
-            "--episodes",
-            1,
-            "--batch-size",
-            4,
-            "--learning-rate",
-            0.002,
-            "--decay-rate",
-            0.9,
-            "--gamma",
-            0.95,
-            "--envs",
-            1,
-            "--hidden",
-            8,
-            "--model-dir",
-            model_dir,
-        ],
-        tmp_path,
-    )
+    refused = run_script(["--resume", *one_small_episode, *settings, "--batch-size", 4], tmp_path)
     assert_one_line_error(refused)
     assert (
         "1 episodes of an unfinished batch of 3" in refused.stderr
@@ -417,22 +378,7 @@ def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_p
     assert fingerprint(model_dir) == before
 
     resumed = run_script(
-        [
-            "--resume",
-            "--episodes",
-            1,
-            "--batch-size",
-            3,
-            "--learning-rate",
-            0.001,
-            "--envs",
-            1,
-            "--hidden",
-            8,
-            "--model-dir",
-            model_dir,
-        ],
-        tmp_path,
+        ["--resume", *one_small_episode, "--batch-size", 3, "--learning-rate", 0.001], tmp_path
     )
     assert resumed.returncode == 0, resumed.describe()
     assert (
