@@ -2038,8 +2038,8 @@ decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 def make_parser(with_defaults=True):
     """The flags, each with its default from the block at the top (with_defaults=False: a flag
-    not given is left out, which tells which flags the command line set). One statement a flag:
-    a table as long as the list of flags."""
+    not given is left out, which tells which flags the command line set). Three groups below, each
+    a table of one statement a flag, in --help's order."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="examples:\n" + __doc__.split("\n\n")[-1],
