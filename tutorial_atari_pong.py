@@ -572,7 +572,9 @@ def make_gradient_fn(model):
     hidden_layer = model.get_layer("hidden")
     output_layer = model.get_layer("output")
 
-    @tf.function(input_signature=chunk_signature())
+    # autograph=False: nothing here branches on a tensor, and autograph's converted copies of these
+    # functions, written to TMPDIR, would be left there by a kill -9
+    @tf.function(input_signature=chunk_signature(), autograph=False)
     def chunk_gradient(indices, signs, n_steps, labels, returns):
         with tf.GradientTape() as tape:
             dense_shape = tf.stack([n_steps, hidden_layer.W.shape[0]])
@@ -606,7 +608,8 @@ def make_cnn_gradient_fn(model):
             tf.TensorSpec([], tf.int64),  # steps in the chunk
             tf.TensorSpec([None], tf.int32),  # each step's action label
             tf.TensorSpec([None], tf.float32),  # each step's return
-        ]
+        ],
+        autograph=False,
     )
     def chunk_gradient(entries, values, n_windows, windows, steps, counts, n_steps, *targets):
         with tf.GradientTape() as tape:

@@ -120,8 +120,8 @@ class LiveRun:
     """The script running in the background; its stdout is read line by line
     as it comes, so a test can act at a chosen line."""
 
-    def __init__(self, args, cwd):
-        self.process = start_script(args, cwd)
+    def __init__(self, args, cwd, env=None):
+        self.process = start_script(args, cwd, env)
         self.seen, self._lines = [], queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

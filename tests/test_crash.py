@@ -16,6 +16,7 @@ from helpers import (
     LiveRun,
     read_progress,
     run_script,
+    script_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -52,11 +53,14 @@ def assert_consistent(pong, model_dir, context):
 
 def test_hard_kills_at_random_instants_leave_a_run_that_resumes(pong, tmp_path):
     model_dir = tmp_path / "m"
+    temp_dir = tmp_path / "tmp"  # the runs' TMPDIR: a kill -9 must leave nothing in it either
+    temp_dir.mkdir()
+    env = script_env(TMPDIR=str(temp_dir))
     for cycle, (where, most) in enumerate(KILLS):
         delay = random.uniform(0, most)
         context = f"kill {cycle} ({where.pattern} + {delay:.3f}s)"
         run = LiveRun(
-            [*(["--resume"] if cycle else []), *FLAGS, "--model-dir", model_dir], tmp_path
+            [*(["--resume"] if cycle else []), *FLAGS, "--model-dir", model_dir], tmp_path, env
         )
         try:
             if where is not RESUMED_RE:
@@ -72,6 +76,7 @@ def test_hard_kills_at_random_instants_leave_a_run_that_resumes(pong, tmp_path):
         assert len(processes) == 2, context
         assert left == [], f"{context}: processes left behind"
         assert_consistent(pong, model_dir, context)
+        assert list(temp_dir.iterdir()) == [], f"{context}: files left in TMPDIR"
         pong.plot(pong.parse_args(["--plot", "--model-dir", str(model_dir)]))
 
     last = run_script(["--resume", "--episodes", 2, *FLAGS, "--model-dir", model_dir], tmp_path)
