@@ -572,7 +572,7 @@ def make_gradient_fn(model):
     hidden_layer = model.get_layer("hidden")
     output_layer = model.get_layer("output")
 
-    # autograph=False (here and in make_cnn_gradient_fn): nothing branches on a tensor, and
+    # Autograph is off, here and in make_cnn_gradient_fn: nothing branches on a tensor, and
     # autograph's converted copies of the code, written to TMPDIR, would be left there by a kill -9
     @tf.function(input_signature=chunk_signature(), autograph=False)
     def chunk_gradient(indices, signs, n_steps, labels, returns):
