@@ -1850,12 +1850,14 @@ def crossings(run):
 
 def seed_groups(folders):
     """The lines of a plot: the seed-S folders of one sweep trial are one setting, drawn as their
-    mean and spread; any other folder is its own."""
+    mean and spread, named by their parent (the current folder's name for `--plot seed-1 seed-2`
+    run inside it); any other folder is its own."""
     groups = {}
     for folder in folders:
         path = os.path.normpath(folder)
         is_seed = re.fullmatch(r"seed-\d+", os.path.basename(path))
-        groups.setdefault(os.path.dirname(path) if is_seed else folder, []).append(folder)
+        setting = os.path.dirname(path) or os.path.basename(os.getcwd())
+        groups.setdefault(setting if is_seed else folder, []).append(folder)
     return groups
 
 

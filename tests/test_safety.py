@@ -582,3 +582,13 @@ def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, 
     assert capsys.readouterr().out.count(" hours of training; over the ") == 3, (
         "each folder still gets its own table"
     )
+
+
+def test_plot_names_seed_folders_given_inside_their_setting_by_that_folder(
+    pong, tmp_path, monkeypatch
+):
+    trial = tmp_path / "breakout-lr0.001"
+    for seed in (1, 2):
+        (trial / f"seed-{seed}").mkdir(parents=True)
+    monkeypatch.chdir(trial)
+    assert pong.seed_groups(["seed-1", "seed-2"]) == {"breakout-lr0.001": ["seed-1", "seed-2"]}
