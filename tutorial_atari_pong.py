@@ -120,6 +120,11 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
+def plural(count, noun):
+    """'1 episode', '2 episodes'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 # --- Games and their frames --------------------------------------------------
 
 
@@ -905,8 +910,6 @@ class Training:
             )
             mean = "none yet" if self.running_mean is None else f"{self.running_mean:f}"
             print(f"resumed from {path} at episode {self.episode}, running mean {mean}")
-            if changes := settings_changed(arrays, args):
-                print("settings changed since the checkpoint: " + ", ".join(changes))
         self.model.eval()
         print_policy(self.model)
         if args.network == "cnn":
@@ -1043,7 +1046,9 @@ def train(args):
 
 # --- Checkpoints -----------------------------------------------------------
 
-SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size")  # kept as config/NAME
+SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size", "seed")  # kept as config/NAME
+# What --resume takes from the checkpoint unless given: these, and the network's shape and kind.
+RESUMED_SETTINGS = (*SETTINGS, "hidden", "network")
 
 
 def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings):
@@ -1104,6 +1109,10 @@ def load_arrays(path):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}")
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            cut_short = f.read(4) == b"PK\x03\x04"  # how an .npz archive starts, then no end
+        if cut_short:  # this script writes whole files or none: a copy that did not finish
+            raise CheckpointError(f"{path} is an .npz archive cut short: it cannot be read")
         raise CheckpointError(f"{path} is not a checkpoint this script wrote (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -1437,6 +1446,34 @@ def checkpoint_path(args):
     return args.model or os.path.join(args.model_dir, name + ".npz")
 
 
+# The agent this project ships for each game it trained (from the script's folder): what --play
+# and --plot show before you have trained a run of your own in the default folder.
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIPPED = {
+    "Pong": "models/lr0.00407-decay0.988-he-normal/seed-1/episode-25000.npz",
+    "Breakout": "models/breakout-lr0.00407-decay0.988-he-normal/seed-2/model_breakout.npz",
+    "SpaceInvaders": "models/spaceinvaders-lr0.00407-decay0.988-he-normal/seed-1/"
+    "model_spaceinvaders.npz",
+}
+
+
+def shipped_agent(args, own_run):
+    """The checkpoint of the agent this project ships for the game, where --play or --plot finds no
+    run of your own (own_run: its checkpoint or log) in the default folder; None where --model or
+    --model-dir was given, or no agent is shipped for the game."""
+    game_name = args.game or "Pong"
+    if args.model or "model_dir" in args.given or os.path.exists(own_run):
+        return None
+    if game_name not in SHIPPED:
+        return None
+    return from_here(os.path.join(HERE, SHIPPED[game_name]))
+
+
+def from_here(path):
+    """An absolute path as the path from the current folder, where it lies inside it."""
+    return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+
+
 WALL_GAP_SECONDS = 120  # between two episodes' wall times, a gap this long is a stop, not training
 
 
@@ -1456,7 +1493,7 @@ def read_progress(path, say_skipped=True):
             if line.endswith("\n") and int(row["episode"]) >= 0 and np.isfinite(numbers).all():
                 rows.append(row)
     if say_skipped and len(lines) > len(rows):
-        print(f"{path}: skipped {len(lines) - len(rows)} torn or malformed rows")
+        print(f"{path}: skipped {plural(len(lines) - len(rows), 'torn or malformed row')}")
     return rows
 
 
@@ -1619,27 +1656,49 @@ def earlier_run(path, directory):
     return " and ".join(found)
 
 
-def settings_changed(arrays, args):
-    """'--flag was -> now' for each setting the checkpoint was trained with that this run
-    changes."""
+def continuing(path):
+    """What --resume would do with an earlier run: continue it, or why it cannot."""
+    try:
+        read_checkpoint(path)
+    except CheckpointError as error:
+        return f"--resume cannot continue it ({error}); "
+    return "--resume continues it, "
+
+
+def resumed_settings(arrays, args, given, names):
+    """--resume carries on with the run's settings: each of names (args' attributes) whose
+    config/NAME the checkpoint holds becomes the checkpoint's value, unless given (the flags the
+    command line set, given_flags) holds it. Returns '--flag old -> new' for each given with
+    another value."""
     changes = []
-    for name in SETTINGS:
-        trained = arrays.get("config/" + name)
-        if trained is not None and trained.item() != getattr(args, name):
-            changes.append(f"--{name.replace('_', '-')} {trained.item()} -> {getattr(args, name)}")
+    for name in names:
+        if "config/" + name not in arrays:
+            continue
+        trained = arrays["config/" + name].item()
+        if name not in given:
+            setattr(args, name, trained)
+        elif trained != getattr(args, name):
+            changes.append(f"{flag_name(name)} {trained} -> {getattr(args, name)}")
     return changes
 
 
 def resumable(path, args):
-    """The checkpoint --resume continues, checked; one line if it cannot be."""
-    arrays = read_checkpoint(path, args.hidden, network_name=args.network, game_name=args.game)
+    """The checkpoint --resume continues, checked, and the run's settings as it holds them but for
+    the flags given, which one line names; one line on stderr if it cannot be continued."""
+    hidden_units = args.hidden if "hidden" in args.given else None  # None: the checkpoint's own
+    network_name = args.network if "network" in args.given else None
+    arrays = read_checkpoint(path, hidden_units, network_name=network_name, game_name=args.game)
+    changes = resumed_settings(arrays, args, args.given, RESUMED_SETTINGS)
     pending = len(arrays.get("pending/steps", []))
     trained_batch = arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
         fail(
-            f"{path} holds {pending} episodes of an unfinished batch of {int(trained_batch)}: "
-            f"resume with --batch-size {int(trained_batch)}, or change it at a batch end"
+            f"{path} holds {plural(pending, 'episode')} of an unfinished batch of "
+            f"{int(trained_batch)}: resume with --batch-size {int(trained_batch)} (or without "
+            "it), or change it at a batch end"
         )
+    if changes:
+        print("settings changed since the checkpoint: " + ", ".join(changes))
     return arrays
 
 
@@ -1665,7 +1724,7 @@ def claim_folder(args, path):
     elif not args.resume and (found := earlier_run(path, directory)):
         if not args.restart:
             fail(
-                f"{directory} holds a run ({found}): --resume continues it, "
+                f"{directory} holds a run ({found}): {continuing(path)}"
                 "--restart starts over and replaces it when the new run first saves"
             )
         staging = os.path.join(directory, RESTART)
@@ -1701,7 +1760,7 @@ def play_summary(results, path):
     points_played = sum(e.points_won + e.points_lost for e in results)
     mean_reward = np.mean([e.reward for e in results]) if results else 0
     return (
-        f"played {played} episode{'' if played == 1 else 's'} with {path}: "
+        f"played {plural(played, 'episode')} with {path}: "
         f"won {games_won} of {played} ({100 * games_won / max(played, 1):.0f}%, "
         f"95% interval {100 * low:.0f}-{100 * high:.0f}%), "
         f"points won {points_won} of {points_played} "
@@ -1724,7 +1783,7 @@ def score_summary(results, path):
     """--play's last line in games other than Pong: the mean score with its 95% interval, the
     lowest and the highest."""
     scores = [e.reward for e in results]
-    line = f"played {len(scores)} episode{'' if len(scores) == 1 else 's'} with {path}: "
+    line = f"played {plural(len(scores), 'episode')} with {path}: "
     if not scores:
         return line + "no score"
     mean, interval = mean_interval(scores)
@@ -1739,6 +1798,12 @@ def score_summary(results, path):
 def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
+    if shipped := shipped_agent(args, path):
+        print(
+            f"{args.model_dir} holds no checkpoint of your own yet: playing the agent this project "
+            f"ships, {shipped} (train one to play yours)"
+        )
+        path = shipped
     arrays = read_checkpoint(path, args.hidden, game_name=args.game)
     args.game = checkpoint_game(arrays)
     network_name = checkpoint_network(arrays)
@@ -1813,10 +1878,11 @@ def print_score_milestones(folder, run, scores, window):
     5,000-episode mark, and the best `window` episodes in a row."""
     episodes = len(run["episode"])
     steps = run["agent_steps"]
+    stretch = plural(window, "episode")
     print(
         f"{folder}: {episodes} episodes ({steps[-1]:.1f} million agent steps) in "
-        f"{run['hours'][-1]:.2f} hours of training; the mean score over the {window} episodes "
-        "before each mark:"
+        f"{run['hours'][-1]:.2f} hours of training; the mean score over the {stretch} before each "
+        "mark:"
     )
     for mark in [*range(MILESTONE_EVERY, episodes, MILESTONE_EVERY), episodes]:
         print(
@@ -1824,7 +1890,7 @@ def print_score_milestones(folder, run, scores, window):
             f"{steps[mark - 1]:.1f} million agent steps, {run['hours'][mark - 1]:5.2f} hours"
         )
     at = int(np.argmax(scores))
-    print(f"  best {window} episodes in a row: {scores[at]:.2f} (episodes {at}-{at + window - 1})")
+    print(f"  best {stretch} in a row: {scores[at]:.2f} (episodes {at}-{at + window - 1})")
 
 
 def shares_won(run, window):
@@ -1848,17 +1914,30 @@ def crossings(run):
     return first, (last if last < len(above) else None)
 
 
-def seed_groups(folders):
-    """The lines of a plot: the seed-S folders of one sweep trial are one setting, drawn as their
-    mean and spread, named by their parent (the current folder's name for `--plot seed-1 seed-2`
-    run inside it); any other folder is its own."""
+def setting_seeds(folder):
+    """A setting's seed-N folders that hold a progress.csv, in the order of N: none for a folder
+    that holds a run itself."""
+    if os.path.exists(os.path.join(folder, "progress.csv")):
+        return []
+    logs = glob.glob(os.path.join(glob.escape(folder), "seed-*", "progress.csv"))
+    seeds = [os.path.dirname(log) for log in logs]
+    seeds = [seed for seed in seeds if re.fullmatch(r"seed-\d+", os.path.basename(seed))]
+    return sorted(seeds, key=lambda seed: int(seed.rsplit("-", 1)[1]))
+
+
+def seed_groups(folders, by_setting=True):
+    """The lines of a figure by name: with by_setting, the seed-N folders of one setting (a sweep
+    trial's, a shipped setting's) are one group, and any other folder is a run alone. Each is named
+    by its path from the folder that holds them all (alone, by its own folder's name), so that
+    the names are the same from any current folder."""
     groups = {}
     for folder in folders:
-        path = os.path.normpath(folder)
-        is_seed = re.fullmatch(r"seed-\d+", os.path.basename(path))
-        setting = os.path.dirname(path) or os.path.basename(os.getcwd())
-        groups.setdefault(setting if is_seed else folder, []).append(folder)
-    return groups
+        path = os.path.abspath(folder)
+        if by_setting and re.fullmatch(r"seed-\d+", os.path.basename(path)):
+            path = os.path.dirname(path)
+        groups.setdefault(path, []).append(folder)
+    common = os.path.commonpath([os.path.dirname(path) for path in groups])
+    return {os.path.relpath(path, common): group for path, group in groups.items()}
 
 
 def print_milestone_table(run, shares, window):
@@ -1882,9 +1961,10 @@ def print_milestones(folder, run, shares, window):
     """The shares won before each 5,000-episode mark, where the running mean crossed 0, the best
     stretch of `window` episodes, and when the tutorial's "almost never loses" was first met."""
     points, games = shares
+    stretch = plural(window, "episode")
     print(
         f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
-        f"over the {window} episodes before each mark, and over all since the mark before:"
+        f"over the {stretch} before each mark, and over all since the mark before:"
     )
     print_milestone_table(run, shares, window)
     steps = run["agent_steps"]
@@ -1893,7 +1973,7 @@ def print_milestones(folder, run, shares, window):
             print(
                 f"  {millions:>3} million agent steps (episode {at}, {run['hours'][at]:.2f} h): "
                 f"running mean {run['running_mean'][at]:+.2f}, points won "
-                f"{points[max(at - window + 1, 0)]:.1f}% over the {window} episodes before"
+                f"{points[max(at - window + 1, 0)]:.1f}% over the {stretch} before"
             )
 
     def when(at):
@@ -1914,37 +1994,49 @@ def print_milestones(folder, run, shares, window):
     ):
         at = int(np.argmax(series))
         best.append(f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})")
-    print(f"  best {window} episodes in a row: " + ", ".join(best))
+    print(f"  best {stretch} in a row: " + ", ".join(best))
     # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
     reached = np.flatnonzero(games >= 90)
     where = "not yet"
     if reached.size:
         end = int(reached[0]) + window - 1
         where = f"first over episodes {end - window + 1}-{end}, {when(end)}"
-    print(f"  90% of games won over {window} episodes in a row: {where}")
+    print(f"  90% of games won over {stretch} in a row: {where}")
 
 
-def draw_group(top, bottom, name, group, runs, lower, window, against="episode"):
-    """One line in each panel for a run, or for the seeds of one setting their mean, with a band
-    from the lowest to the highest seed. lower: each run's series of the bottom panel; against:
-    the x axis, "episode" or "agent_steps" (where seeds are not grouped)."""
+SEED_STYLES = ("-", "--", ":", "-.")  # a setting's seeds: thin lines of its colour, in turn
+AXES = {"episodes": "episode", "steps": "agent_steps", "hours": "hours"}  # --against: the column
+AXIS_LABELS = {"episode": "episode", "agent_steps": "million agent steps", "hours": "hours"}
+
+
+def draw_group(axes, name, group, runs, lower, window, colour=None, against="episode"):
+    """A run alone: a line in each panel. A setting's seeds: each a thin line to its own last
+    episode, and their mean, bold, over the episodes that all of them reached; colour: the
+    setting's, each seed in a line style of its own, or None for a setting alone in its figure
+    (named by the title): each seed in a colour of its own, their mean black. lower: each run's
+    series of the bottom panel; against: the x axis, a column of the runs."""
+    top, bottom = axes
+    alone = len(group) == 1
+    prefix = f"{name}, " if colour else ""
+    for index, folder in enumerate(group):
+        run = runs[folder]
+        seed_name = os.path.basename(os.path.normpath(folder)).replace("-", " ")
+        label = f"{name if alone else prefix + seed_name} ({len(run['episode']):,} episodes)"
+        style = {"linewidth": 2 if alone else 0.8, "color": colour or f"C{index % 10}"}
+        if colour and not alone:
+            style["linestyle"] = SEED_STYLES[index % len(SEED_STYLES)]
+        top.plot(run[against], run["running_mean"], label=label, **style)
+        bottom.plot(run[against][window - 1 :], lower[folder], **style)
+    if alone:
+        return
     length = min(len(runs[folder]["episode"]) for folder in group)
     x = runs[group[0]][against][:length]
-    means = np.array([runs[folder]["running_mean"][:length] for folder in group])
-    points = np.array([lower[folder][: length - window + 1] for folder in group])
-    label = (
-        group[0] if len(group) == 1 else f"{name} (mean of {len(group)} seeds, band: min to max)"
-    )
-    (line,) = top.plot(
-        x, means.mean(0), linewidth=2, label=f"{label}: running mean ({length} episodes)"
-    )
-    colour = line.get_color()
-    later = x[window - 1 :]
-    what = "points won" if runs[group[0]]["game"] == "Pong" else f"mean score, last {window}"
-    bottom.plot(later, points.mean(0), linewidth=2, color=colour, label=f"{label}: {what}")
-    if len(group) > 1:
-        top.fill_between(x, means.min(0), means.max(0), color=colour, alpha=0.2)
-        bottom.fill_between(later, points.min(0), points.max(0), color=colour, alpha=0.2)
+    style = {"linewidth": 2.5, "color": colour or "black"}
+    mean = np.mean([runs[folder]["running_mean"][:length] for folder in group], axis=0)
+    label = f"{prefix}mean of the {len(group)} seeds (episodes 0-{length - 1:,}: all reached them)"
+    top.plot(x, mean, label=label, **style)
+    lower_mean = np.mean([lower[folder][: length - window + 1] for folder in group], axis=0)
+    bottom.plot(x[window - 1 :], lower_mean, **style)
 
 
 def draw_tutorial_claims(bottom, last_episode):
@@ -1958,61 +2050,102 @@ def draw_tutorial_claims(bottom, last_episode):
         bottom.axvline(ALMOST_NEVER_LOSES, color="black", linestyle=":", linewidth=1, label=label)
 
 
+def plotted_folders(args):
+    """The runs --plot draws: each DIR, a setting's folder as its seeds; without DIR, --model-dir's
+    run or, where the default folder holds none of your own yet, the shipped agent's setting,
+    said in one line."""
+    folders = args.plot
+    if not folders:
+        folder = os.path.dirname(checkpoint_path(args)) or "."
+        if shipped := shipped_agent(args, os.path.join(folder, "progress.csv")):
+            folder = os.path.dirname(os.path.dirname(shipped))
+            print(
+                f"{args.model_dir} holds no run of your own yet: drawing the runs "
+                f"of the agent this project ships, {folder} (train one to draw yours)"
+            )
+        folders = [folder]
+    return [seed for folder in folders for seed in setting_seeds(folder) or [folder]]
+
+
+def figure_path(args, folders):
+    """Where --plot writes: --output; else learning_curve.png in the folder that holds the runs,
+    unless that is a shipped run's folder (one with a README.md, other than --model-dir), whose
+    committed figure stays as it is: then MODEL_DIR/FOLDER.png. With a line that says so."""
+    common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
+    shipped = os.path.exists(os.path.join(common, "README.md"))
+    if args.output or not shipped or common == os.path.abspath(args.model_dir):
+        output = args.output or os.path.join(common, "learning_curve.png")
+        return output, f"wrote {output}"
+    output = os.path.join(args.model_dir, os.path.basename(common) + ".png")
+    kept = from_here(os.path.join(common, "learning_curve.png"))
+    return output, f"wrote {output} (the shipped {kept} stays as it is; --output PATH to choose)"
+
+
 def plot(args):
-    """--plot [DIR ...]: the learning curves of model folders of one game in one figure,
-    learning_curve.png in the folder (or the one holding them all), and for each a table of how it
-    stood before each milestone. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folders = args.plot or [os.path.dirname(checkpoint_path(args)) or "."]
+    """--plot [DIR ...]: the learning curves of model folders of one game in one figure (written
+    where figure_path says), and for each a table of how it stood before each milestone. Returns
+    the figure."""
+    folders = plotted_folders(args)
     runs = {folder: progress_columns(folder) for folder in folders}
     game_name = runs[folders[0]]["game"]
     if others := [folder for folder, run in runs.items() if run["game"] != game_name]:
         fail(f"--plot draws runs of one game: {folders[0]} is {game_name}'s, {others[0]} is not")
+    output, written = figure_path(args, folders)
+    writable_directory(os.path.dirname(output) or ".", "the figure")
     window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
     if game_name == "Pong":
         shares = {folder: shares_won(run, window) for folder, run in runs.items()}
         lower = {folder: share[0] for folder, share in shares.items()}
     else:
         lower = {folder: moving_mean(run["reward"], window) for folder, run in runs.items()}
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
-    against = "agent_steps" if args.against == "steps" else "episode"
-    groups = seed_groups(folders) if against == "episode" else {f: [f] for f in folders}
-    if len(runs) == 1:  # one run: every episode as a dot behind its mean
-        (run,) = runs.values()
-        top.plot(run[against], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
-    for name, group in groups.items():
-        draw_group(top, bottom, name, group, runs, lower, window, against)
     for folder, run in runs.items():
         if game_name == "Pong":
             print_milestones(folder, run, shares[folder], window)
         else:
             print_score_milestones(folder, run, lower[folder], window)
-    names = [group[0] if len(group) == 1 else name for name, group in groups.items()]
+    figure = draw_figure(runs, lower, window, AXES[args.against])
+    figure.savefig(output, dpi=100)
+    print(written)
+    return figure
+
+
+def draw_figure(runs, lower, window, against):
+    """The figure of --plot: the running means above, the points won (Pong) or the mean score
+    below, a line per run or seed and a setting's mean (episodes only); the legend beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    game_name = next(iter(runs.values()))["game"]
+    figure, axes = plt.subplots(
+        2, 1, figsize=(10, 8), sharex=True, height_ratios=[2, 1], layout="constrained"
+    )
+    top, bottom = axes
+    groups = seed_groups(runs, by_setting=against == "episode")
+    if len(runs) == 1:  # one run: every episode as a dot behind its mean
+        (run,) = runs.values()
+        top.plot(run[against], run["reward"], ".", markersize=2, alpha=0.3, label="episode reward")
+    for index, (name, group) in enumerate(groups.items()):
+        colour = f"C{index % 10}" if len(groups) > 1 else None
+        draw_group(axes, name, group, runs, lower, window, colour, against)
+    stretch = plural(window, "episode")
     if game_name == "Pong" and against == "episode":
         draw_tutorial_claims(bottom, max(run["episode"][-1] for run in runs.values()))
     if game_name == "Pong":
-        top.set(ylim=(-21.5, 21.5), ylabel="reward (points won - lost)")
-        bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {window} episodes)")
+        top.set(ylim=(-21.5, 21.5), ylabel="running mean of the reward\n(points won - lost)")
+        bottom.set(ylim=(0, 100), ylabel=f"% of points won\n(last {stretch})")
         bottom.axhline(50, color="grey", linewidth=0.8)  # a point won as often as lost
         top.axhline(0, color="grey", linewidth=0.8)  # a game won as often as lost
     else:
-        top.set(ylabel="score (episode reward)")
-        bottom.set(ylabel=f"mean score\n(last {window} episodes)")
-    title = f"{game_name} from pixels: " + ", ".join(names)
-    lines = textwrap.wrap(title, 110, break_long_words=False, break_on_hyphens=False)
+        top.set(ylabel="running mean of the score")
+        bottom.set(ylabel=f"mean score\n(last {stretch})")
+    title = f"{game_name} from pixels: " + ", ".join(groups)
+    lines = textwrap.wrap(title, 100, break_long_words=False, break_on_hyphens=False)
     top.set_title("\n".join(lines), fontsize="medium")  # long folder names: on two lines
-    bottom.set(xlabel="episode" if against == "episode" else "million agent steps")
-    for axis in (top, bottom):
-        axis.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
-    common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
-    output = os.path.join(common, "learning_curve.png")
-    figure.savefig(output, dpi=100)
-    print(f"wrote {output}")
+    bottom.set(xlabel=AXIS_LABELS[against])
+    # below the panels, where it covers no line; it holds both panels' labelled lines
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small")
     return figure
 
 
@@ -2041,10 +2174,9 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def make_parser(with_defaults=True):
-    """The flags, each with its default from the block at the top (with_defaults=False: a flag
-    not given is left out, which tells which flags the command line set). Three groups below, each
-    a table of one statement a flag, in --help's order."""
+def make_parser():
+    """The flags, each with its default from the block at the top. Three groups below, each a table
+    of one statement a flag, in --help's order."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="examples:\n" + __doc__.split("\n\n")[-1],
@@ -2056,8 +2188,6 @@ def make_parser(with_defaults=True):
         default = options.get("default")
         if default not in (None, False):  # --help gives a flag's default where it has one
             help += " (default: %(default)s)"
-        if not with_defaults:
-            options["default"] = argparse.SUPPRESS
         parser.add_argument(name, help=help, **options)
 
     training_flags(flag)
@@ -2126,7 +2256,11 @@ def policy_flags(flag):
         "where the checkpoint, progress.csv and TensorBoard logs go",
         default=model_dir,
     )
-    flag("--model", f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz")
+    flag(
+        "--model",
+        f"checkpoint file to use instead of MODEL_DIR/{model_file_name}.npz (another game's: "
+        "MODEL_DIR/model_GAME.npz, GAME in lower case)",
+    )
     flag(
         "--save-every",
         "episodes between checkpoints and progress lines",
@@ -2165,18 +2299,24 @@ def output_flags(flag):
     )
     flag(
         "--plot",
-        "draw learning_curve.png of --model-dir's progress.csv, or of each DIR's in "
-        "one figure, and print the shares won every 5,000 episodes and the milestones; train "
-        "nothing",
+        "draw learning_curve.png of --model-dir's progress.csv (before you train: the shipped "
+        "agent's), or of each DIR's in one figure (a setting's DIR: its seed-N folders), and "
+        "print the shares won every 5,000 episodes and the milestones; train nothing",
         nargs="*",
         metavar="DIR",
     )
     flag(
         "--against",
-        "with --plot: the x axis, episodes or (agent) steps; runs compared by steps are drawn "
-        "one by one, not as a setting's seeds",
-        choices=("episodes", "steps"),
+        "with --plot: the x axis, episodes, (agent) steps or hours of training; runs compared by "
+        "steps or hours are drawn one by one, not as a setting's seeds and their mean",
+        choices=AXES,
         default="episodes",
+    )
+    flag(
+        "--output",
+        "with --plot: write the figure to this .png file (default: learning_curve.png in the "
+        "folder of the runs drawn; for the runs this project ships, MODEL_DIR/FOLDER.png)",
+        metavar="PATH",
     )
 
 
@@ -2192,16 +2332,28 @@ def flag_name(dest):
     return "--" + dest.replace("_", "-")
 
 
-def refuse_idle_flags(given, parser):
+def given_flags(parser, argv=None):
+    """The flags the command line set, as argparse's dests, whatever their values (a flag given at
+    its default is given): the command line parsed again into a namespace that already holds every
+    dest, where argparse fills in no default. Any parser: dqn_atari_pong.py's too."""
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args(argv)), unset))
+    parsed = vars(parser.parse_args(argv, namespace))
+    return {dest for dest, value in parsed.items() if value is not unset}
+
+
+def refuse_idle_flags(args, parser):
     """A flag that would do nothing in the command chosen (training, --play or --plot) is refused
-    in one line, as a misspelt one is: given holds the flags the command line set."""
+    in one line, as a misspelt one is: args.given holds the flags the command line set."""
+    given = args.given
     if "play" in given and "plot" in given:
         parser.error("--play and --plot are separate commands")
     if "resume" in given and "restart" in given:
         parser.error("--resume and --restart are opposites: choose one")
     if "plot" in given:
         command = "--plot"
-        used = {"plot", "against"} | (set() if given["plot"] else {"model_dir", "model", "game"})
+        used = {"plot", "against", "output"}
+        used |= set() if args.plot else {"model_dir", "model", "game"}
     elif "play" in given:
         command = "--play"
         used = PLAY_FLAGS | RECORDING_FLAGS
@@ -2239,14 +2391,17 @@ def resolve_envs(args, parser):
 
 
 def parse_args(argv=None):
+    """The flags, checked; args.given holds those the command line set (given_flags)."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    given = vars(make_parser(with_defaults=False).parse_args(argv))
-    refuse_idle_flags(given, parser)
+    args.given = given = given_flags(parser, argv)
+    refuse_idle_flags(args, parser)
     if args.network == "cnn" and "hidden" in given:
         parser.error(
             f"--hidden does nothing with --network cnn (its hidden layer has {CNN_HIDDEN})"
         )
+    if args.output and not args.output.lower().endswith(".png"):
+        parser.error(f"--output must name a .png file, got {args.output}")
     if args.play and "hidden" not in given:
         args.hidden = None  # the checkpoint's own
     if args.play and "game" not in given:

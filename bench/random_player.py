@@ -77,17 +77,22 @@ def random_scores(tap, game_name, episodes, seed):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--game",
         action="append",
         choices=sorted(PAPER_RANDOM),
         help="a game to measure (repeat for several; default: all seven)",
     )
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per game")
-    parser.add_argument("--seed", type=int, default=1, help="seeds the emulator and the actions")
+    parser.add_argument(
+        "--episodes", type=int, default=100, help="episodes per game (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seeds the emulator and the actions (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be > 0, got {args.episodes}")

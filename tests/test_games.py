@@ -320,3 +320,13 @@ def test_the_random_player_scores_each_game_with_an_interval():
     assert report["SpaceInvaders"]["mean"] > 0  # random shots hit some aliens
     assert lines[0].startswith("Breakout: random player ")
     assert "the paper's random player 1.2, DQN 168" in lines[0]
+
+
+def test_the_random_players_help_gives_its_whole_description_and_each_default_once():
+    command = [sys.executable, str(REPO / "bench" / "random_player.py"), "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "the baseline that Mnih et al. 2013 give beside each game's results, measured on" in text
+    assert "default: all seven)" in text and "(default: None)" not in text
+    assert text.count("(default: ") == 2, "--episodes and --seed; --game says 'all seven'"
