@@ -1928,15 +1928,17 @@ def setting_seeds(folder):
 def seed_groups(folders, by_setting=True):
     """The lines of a figure by name: with by_setting, the seed-N folders of one setting (a sweep
     trial's, a shipped setting's) are one group, and any other folder is a run alone. Each is named
-    by its path from the folder that holds them all (alone, by its own folder's name), so that
-    the names are the same from any current folder."""
+    by its path from the folder that holds all the settings (alone, by the setting's name), so
+    that the names are the same from any current folder."""
     groups = {}
+    settings = set()
     for folder in folders:
         path = os.path.abspath(folder)
-        if by_setting and re.fullmatch(r"seed-\d+", os.path.basename(path)):
-            path = os.path.dirname(path)
-        groups.setdefault(path, []).append(folder)
-    common = os.path.commonpath([os.path.dirname(path) for path in groups])
+        is_seed = re.fullmatch(r"seed-\d+", os.path.basename(path))
+        setting = os.path.dirname(path) if is_seed else path
+        settings.add(os.path.dirname(setting))
+        groups.setdefault(setting if by_setting else path, []).append(folder)
+    common = os.path.commonpath(settings)
     return {os.path.relpath(path, common): group for path, group in groups.items()}
 
 
@@ -2006,7 +2008,11 @@ def print_milestones(folder, run, shares, window):
 
 SEED_STYLES = ("-", "--", ":", "-.")  # a setting's seeds: thin lines of its colour, in turn
 AXES = {"episodes": "episode", "steps": "agent_steps", "hours": "hours"}  # --against: the column
-AXIS_LABELS = {"episode": "episode", "agent_steps": "million agent steps", "hours": "hours"}
+AXIS_LABELS = {
+    "episode": "episode",
+    "agent_steps": "million agent steps",
+    "hours": "hours of training",
+}
 
 
 def draw_group(axes, name, group, runs, lower, window, colour=None, against="episode"):

@@ -270,7 +270,7 @@ def test_play_prints_the_mean_score_with_its_interval(tmp_path):
     plot = run_script(["--plot", "models/breakout"], tmp_path)
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "models" / "breakout" / "learning_curve.png").stat().st_size > 10_000
-    assert "the mean score over the 1 episodes before each mark" in plot.stdout
+    assert "the mean score over the 1 episode before each mark" in plot.stdout
 
 
 def test_another_game_is_recorded_as_a_gif_of_its_own_screens(game_run, tmp_path):

@@ -3,6 +3,7 @@
 import pathlib
 
 import numpy as np
+from helpers import PLAY_SUMMARY_RE, REPO, assert_one_line_error, run_script
 
 PRETRAINED = (
     pathlib.Path(__file__).resolve().parent.parent / "models" / "pretrained" / "model_pong.npz"
@@ -39,3 +40,32 @@ def test_pretrained_model_holds_its_own_and_far_outplays_a_random_policy(pong):
     # 5 episodes leaves room for luck. Chance wins one or two points in a hundred.
     assert won / (won + lost) >= 0.4, (won, lost)
     assert points(pong, uniform)[0] < won / 4
+
+
+def test_play_and_plot_use_the_shipped_agent_before_a_run_of_your_own_and_say_so(tmp_path):
+    """A fresh clone's first commands: --play and --plot, with no run in the default folder, show
+    the shipped agent and say so in their first line; once a run of your own is there, or a
+    folder is named, that is what they use."""
+    shipped = REPO / "models" / "lr0.00407-decay0.988-he-normal"
+    played = run_script(["--play", 1, "--envs", 1], tmp_path)
+    assert played.returncode == 0, played.describe()
+    assert played.lines[0] == (
+        "models holds no checkpoint of your own yet: playing the agent this project ships, "
+        f"{shipped / 'seed-1' / 'episode-25000.npz'} (train one to play yours)"
+    )
+    assert PLAY_SUMMARY_RE.match(played.lines[-1]), played.lines[-1]
+
+    plotted = run_script(["--plot"], tmp_path)
+    assert plotted.returncode == 0, plotted.describe()
+    assert plotted.lines[0] == (
+        "models holds no run of your own yet: drawing the runs of the agent this project ships, "
+        f"{shipped} (train one to draw yours)"
+    )
+    assert plotted.lines[-1].startswith(
+        f"wrote {pathlib.Path('models') / 'lr0.00407-decay0.988-he-normal.png'} (the shipped "
+    )
+    assert (tmp_path / "models" / "lr0.00407-decay0.988-he-normal.png").stat().st_size > 10_000
+
+    refused = run_script(["--play", 1, "--model-dir", "models"], tmp_path)
+    assert_one_line_error(refused)
+    assert "no checkpoint at models/model_pong.npz" in refused.stderr, "a folder named is yours"

@@ -3,7 +3,9 @@ start-up, a damaged log, a stop at a batch end, changed settings, a numeric
 blow-up, episodes cut where the tutorial's Pong-v0 cut them, and the flags
 whose defaults are resolved after parsing."""
 
+import argparse
 import hashlib
+import os
 import re
 import shutil
 import signal
@@ -372,20 +374,90 @@ def test_the_checkpoint_keeps_its_settings_and_a_resume_says_which_changed(tmp_p
     refused = run_script(["--resume", *one_small_episode, *settings, "--batch-size", 4], tmp_path)
     assert_one_line_error(refused)
     assert (
-        "1 episodes of an unfinished batch of 3" in refused.stderr
+        "1 episode of an unfinished batch of 3" in refused.stderr
         and "--batch-size 3" in refused.stderr
     )
     assert fingerprint(model_dir) == before
 
-    resumed = run_script(
-        ["--resume", *one_small_episode, "--batch-size", 3, "--learning-rate", 0.001], tmp_path
-    )
+    resumed = run_script(["--resume", *one_small_episode, "--learning-rate", 0.001], tmp_path)
     assert resumed.returncode == 0, resumed.describe()
-    assert (
-        "settings changed since the checkpoint: --learning-rate 0.002 -> 0.001, "
-        "--decay-rate 0.9 -> 0.99, --gamma 0.95 -> 0.99"
-    ) in resumed.lines
-    assert load_checkpoint(model_dir / CHECKPOINT_NAME)["config/learning_rate"].item() == 0.001
+    changes = [line for line in resumed.lines if line.startswith("settings changed")]
+    assert changes == ["settings changed since the checkpoint: --learning-rate 0.002 -> 0.001"], (
+        "the flag given changes its setting; the others are the checkpoint's"
+    )
+    arrays = load_checkpoint(model_dir / CHECKPOINT_NAME)
+    assert {
+        name: arrays["config/" + name].item()
+        for name in ("learning_rate", "decay_rate", "gamma", "batch_size", "seed")
+    } == {"learning_rate": 0.001, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 3, "seed": 1}
+
+
+def resumed_training(pong, argv):
+    """The Training that `--resume ARGV` would continue, built in this process (no episode
+    played), with the checkpoint's arrays."""
+    args = pong.parse_args(["--resume", *argv])
+    path = pong.checkpoint_path(args)
+    arrays = pong.resumable(path, args)
+    tl.models.core._global_model_name_set.discard("policy")  # the name of the model built here
+    return args, pong.Training(args, path, None, arrays)
+
+
+def test_resume_with_no_flags_trains_at_the_checkpoints_settings(pong, tmp_path, capsys):
+    """A run trained at other settings than the defaults block's carries on at its own: the
+    optimizer that --resume builds has the checkpoint's learning rate and decay, the update its
+    gamma and batch size, the players its seed; a flag given changes its setting, in one line."""
+    model = new_policy(pong, hidden_units=8)
+    optimizer = pong.make_optimizer(model, 0.005, 0.9)
+    settings = {"learning_rate": 0.005, "decay_rate": 0.9, "gamma": 0.95, "batch_size": 4}
+    path = tmp_path / "m" / CHECKPOINT_NAME
+    pong.save_checkpoint(str(path), model, optimizer, 8, -20.0, [], {**settings, "seed": 2})
+    capsys.readouterr()
+
+    args, training = resumed_training(pong, ["--envs", "1", "--model-dir", str(path.parent)])
+    try:
+        assert training.optimizer._learning_rate == 0.005 and training.optimizer._decay == 0.9
+        assert (args.gamma, args.batch_size, args.seed, args.hidden) == (0.95, 4, 2, 8)
+        assert training.model.get_layer("hidden").W.shape == (6400, 8)
+    finally:
+        training.close()
+    assert "settings changed" not in capsys.readouterr().out
+
+    argv = ["--learning-rate", "0.001", "--envs", "1", "--model-dir", str(path.parent)]
+    args, training = resumed_training(pong, argv)
+    try:
+        assert training.optimizer._learning_rate == 0.001 and training.optimizer._decay == 0.9
+        assert (args.gamma, args.batch_size, args.seed) == (0.95, 4, 2)
+    finally:
+        training.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "settings changed" in line] == [
+        "settings changed since the checkpoint: --learning-rate 0.005 -> 0.001"
+    ]
+
+
+def test_resumed_settings_takes_what_the_checkpoint_holds_but_for_the_flags_given(pong):
+    """The function another script (dqn_atari_pong.py) calls with its own parser and names."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--network", default="mlp")
+    parser.add_argument("--replay", type=int, default=10)
+    argv = ["--gamma", "0.99", "--replay", "20"]
+    given = pong.given_flags(parser, argv)
+    assert given == {"gamma", "replay"}, "a flag given at its default value is still given"
+    args = parser.parse_args(argv)
+    arrays = {
+        "config/learning_rate": np.asarray(0.005),
+        "config/gamma": np.asarray(0.9),
+        "config/network": np.asarray("cnn"),
+        "config/replay": np.asarray(20),
+    }
+    names = ("learning_rate", "gamma", "network", "replay", "hidden")
+    changes = pong.resumed_settings(arrays, args, given, names)
+    assert changes == ["--gamma 0.9 -> 0.99"], "replay was given at the checkpoint's own value"
+    assert (args.learning_rate, args.gamma, args.network, args.replay) == (0.005, 0.99, "cnn", 20)
+    assert not hasattr(args, "hidden"), "a name the checkpoint does not hold is left alone"
+    assert pong.parse_args(["--play", "1", "--seed", "3"]).given == {"play", "seed"}
 
 
 # --- (6) non-finite numbers are never applied or saved -------------------------------------
@@ -547,41 +619,127 @@ def test_init_is_used_by_training_and_an_unknown_name_is_one_line(tmp_path):
 # --- --plot of a sweep trial's seeds ----------------------------------------------------------
 
 
-def test_plot_draws_a_trial_s_seed_folders_as_one_setting_with_its_spread(pong, tmp_path, capsys):
-    trial = tmp_path / "trial-0001"
-    for seed, rewards in ((1, [-21, -20, -19, -18]), (2, [-19, -19, -17, -16])):
-        folder = trial / f"seed-{seed}"
+def write_seeds(setting, rewards_by_seed):
+    """A setting's folder with a progress.csv in seed-1, seed-2, ...: the rewards given, each its
+    own running mean, 900 steps an episode, a second apart."""
+    for seed, rewards in enumerate(rewards_by_seed, 1):
+        folder = setting / f"seed-{seed}"
         folder.mkdir(parents=True)
         rows = ["episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time"]
         rows += [
             f"{n},{r},{r},{21 + r},21,900,1.0,2026-12-01T10:00:0{n}" for n, r in enumerate(rewards)
         ]
         (folder / "progress.csv").write_text("\n".join(rows) + "\n")
+
+
+def top_lines(axis):
+    """The labelled lines of a panel: label -> y values."""
+    return {
+        line.get_label(): list(line.get_ydata())
+        for line in axis.get_lines()
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_plot_draws_each_seed_whole_and_their_mean_over_the_episodes_all_reached(
+    pong, tmp_path, capsys
+):
+    trial = tmp_path / "trial-0001"
+    write_seeds(trial, [[-21, -20, -19, -18], [-19, -19, -17]])
     other = tmp_path / "other"
     shutil.copytree(trial / "seed-1", other)
     assert pong.seed_groups([str(trial / "seed-1"), str(trial / "seed-2"), str(other)]) == {
-        str(trial): [str(trial / "seed-1"), str(trial / "seed-2")],
-        str(other): [str(other)],
+        "trial-0001": [str(trial / "seed-1"), str(trial / "seed-2")],
+        "other": [str(other)],
     }
 
     args = pong.parse_args(["--plot", str(trial / "seed-1"), str(trial / "seed-2"), str(other)])
     figure = pong.plot(args)
     top, bottom = figure.axes
-    labels = [line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")]
-    assert labels == [
-        f"{trial} (mean of 2 seeds, band: min to max): running mean (4 episodes)",
-        f"{other}: running mean (4 episodes)",
-    ]
-    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-20, -19.5, -18, -17])
-    assert len(top.collections) == 1, "one band, for the setting with two seeds"
-    assert top.get_title().replace("\n", " ") == f"Pong from pixels: {trial}, {other}", (
-        "the title names each setting once"
+    assert top_lines(top) == {
+        "trial-0001, seed 1 (4 episodes)": [-21, -20, -19, -18],
+        "trial-0001, seed 2 (3 episodes)": [-19, -19, -17],
+        "trial-0001, mean of the 2 seeds (episodes 0-2: all reached them)": [-20, -19.5, -18],
+        "other (4 episodes)": [-21, -20, -19, -18],
+    }
+    widths = {line.get_label(): line.get_linewidth() for line in top.get_lines()}
+    assert (
+        widths["trial-0001, seed 1 (4 episodes)"]
+        < widths["trial-0001, mean of the 2 seeds (episodes 0-2: all reached them)"]
+    ), "the seeds thin, their mean bold"
+    assert not top.collections, "no band: each seed is its own line"
+    assert len([line for line in bottom.get_lines() if len(line.get_xdata()) > 2]) == 4
+    assert top.get_title().replace("\n", " ") == "Pong from pixels: trial-0001, other", (
+        "the title names each setting once, by its folder"
     )
-    assert max(len(line) for line in top.get_title().splitlines()) <= 110, "long names wrap"
     assert (tmp_path / "learning_curve.png").exists()
+    legend = figure.legends[0]
+    assert legend.get_window_extent().y1 < top.get_window_extent().y0, "the legend covers no line"
+    assert legend.get_window_extent().y1 < bottom.get_window_extent().y0
     assert capsys.readouterr().out.count(" hours of training; over the ") == 3, (
         "each folder still gets its own table"
     )
+
+
+def test_plot_of_a_settings_folder_draws_its_seeds_from_anywhere_and_keeps_a_shipped_figure(
+    pong, tmp_path, monkeypatch, capsys
+):
+    """--plot SETTING draws its seed-N folders; the figure's names do not depend on the current
+    folder; a folder with a README.md (a run this project ships) keeps its committed figure, and
+    the new one goes to MODEL_DIR/SETTING.png, or to --output."""
+    setting = tmp_path / "repo" / "models" / "breakout-lr0.001"
+    write_seeds(setting, [[1, 2, 3, 4], [2, 2, 5, 6, 7]])
+    (setting / "README.md").write_text("a shipped run\n")
+    (setting / "learning_curve.png").write_bytes(b"the committed figure")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    figure = pong.plot(pong.parse_args(["--plot", str(setting)]))
+    assert set(top_lines(figure.axes[0])) == {
+        "seed 1 (4 episodes)",
+        "seed 2 (5 episodes)",
+        "mean of the 2 seeds (episodes 0-3: all reached them)",
+    }
+    assert figure.axes[0].get_title() == "Pong from pixels: breakout-lr0.001"
+    assert (setting / "learning_curve.png").read_bytes() == b"the committed figure"
+    output = elsewhere / "models" / "breakout-lr0.001.png"
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        f"wrote {os.path.join('models', 'breakout-lr0.001.png')} (the shipped "
+        f"{setting / 'learning_curve.png'} stays as it is; --output PATH to choose)"
+    )
+
+    monkeypatch.chdir(setting)
+    figure = pong.plot(pong.parse_args(["--plot", "seed-1", "seed-2", "--output", "new.png"]))
+    assert figure.axes[0].get_title() == "Pong from pixels: breakout-lr0.001", "named alike"
+    assert (setting / "new.png").exists()
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote new.png"
+
+    monkeypatch.chdir(tmp_path / "repo")
+    pong.plot(pong.parse_args(["--plot", "models/breakout-lr0.001", "--output", "x/y.png"]))
+    assert (tmp_path / "repo" / "x" / "y.png").exists(), "--output makes its folder"
+
+
+def test_plot_against_hours_draws_each_run_by_its_hours_of_training(pong, tmp_path):
+    """--against hours: the hours column of each run, seeds one by one, as DQN's runs are
+    compared with the tutorial's."""
+    write_seeds(tmp_path / "dqn-pong", [[-21, -20, -19], [-21, -21]])
+    figure = pong.plot(
+        pong.parse_args(["--plot", str(tmp_path / "dqn-pong"), "--against", "hours"])
+    )
+    top, bottom = figure.axes
+    lines = {
+        line.get_label(): list(line.get_xdata())
+        for line in top.get_lines()
+        if not line.get_label().startswith("_")
+    }
+    second = 1 / 3600
+    assert lines == {
+        "dqn-pong/seed-1 (3 episodes)": pytest.approx([0, second, 2 * second]),
+        "dqn-pong/seed-2 (2 episodes)": pytest.approx([0, second]),
+    }
+    assert bottom.get_xlabel() == "hours of training"
 
 
 def test_plot_names_seed_folders_given_inside_their_setting_by_that_folder(

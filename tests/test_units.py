@@ -769,7 +769,26 @@ def test_read_checkpoint_truncated_file(pong, trained, tmp_path):
     path = tmp_path / "ck.npz"
     pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    expect_checkpoint_error(pong, path)
+    message = expect_checkpoint_error(pong, path)
+    assert message == f"{path} is an .npz archive cut short: it cannot be read"
+
+
+def test_a_fresh_start_over_a_cut_short_checkpoint_advises_only_restart(
+    pong, trained, tmp_path, capsys
+):
+    """--resume cannot continue a checkpoint that cannot be read: the refusal of a fresh start
+    says why instead of advising it."""
+    model, optimizer = trained
+    path = tmp_path / "m" / "model_pong.npz"
+    pong.save_checkpoint(str(path), model, optimizer, 1, 0.0, [])
+    path.write_bytes(path.read_bytes()[:1000])
+    args = pong.parse_args(["--episodes", "1", "--envs", "1", "--model-dir", str(path.parent)])
+    with pytest.raises(SystemExit) as exit_info:
+        pong.claim_folder(args, str(path))
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"--resume cannot continue it ({path} is an .npz archive cut short" in line
+    assert "--restart starts over" in line and "--resume continues" not in line
 
 
 def test_a_text_file_named_npz_is_not_a_checkpoint_this_script_wrote(pong, tmp_path):

@@ -173,7 +173,7 @@ def test_plot_draws_the_learning_curve_png(trained, tmp_path):
     import matplotlib.image
 
     image = matplotlib.image.imread(output)
-    assert image.shape[:2] == (700, 1000)  # figsize (10, 7) at 100 dpi
+    assert image.shape[:2] == (800, 1000)  # figsize (10, 8) at 100 dpi
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10, (
         "the picture is a single colour"
     )
@@ -188,7 +188,7 @@ def test_plot_skips_a_torn_last_row_and_says_so(trained, tmp_path):
         f.write("2,-1")
     result = run_script(["--plot", "--model-dir", model_dir], tmp_path)
     assert result.returncode == 0, result.describe()
-    assert result.lines[0] == f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows"
+    assert result.lines[0] == f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed row"
     assert result.lines[1].startswith(f"{model_dir}: 2 episodes in ")
     assert result.lines[-1] == f"wrote {model_dir / 'learning_curve.png'}"
     assert (model_dir / "learning_curve.png").stat().st_size > 10_000
@@ -259,19 +259,16 @@ def test_plot_of_several_folders_draws_one_line_per_run_in_one_figure(pong, tmp_
         if not line.get_label().startswith("_")
     }  # the zero line has no label
     assert means == {
-        f"{slow}: running mean (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
-        f"{fast}: running mean (3 episodes)": [-20.0, -18.0, -16.0],
-    }
-    won = {
-        line.get_label(): list(line.get_ydata())
-        for line in bottom.get_lines()
-        if not line.get_label().startswith("_")
-    }
-    # window: a tenth of the shortest run, so 1 episode; each lost 21 points
-    assert won == {
-        f"{slow}: points won": pytest.approx([0, 100 / 22, 200 / 23, 300 / 24]),
-        f"{fast}: points won": pytest.approx([100 / 22, 300 / 24, 500 / 26]),
-    }
+        "lr1e-4 (4 episodes)": [-20.0, -19.5, -19.0, -18.5],
+        "lr3e-4 (3 episodes)": [-20.0, -18.0, -16.0],
+    }, "each run named by its folder, as the folder that holds them all has it"
+    # window: a tenth of the shortest run, so 1 episode; each lost 21 points; in the run's colour
+    colours = [line.get_color() for line in top.get_lines() if line.get_label() in means]
+    won = [list(line.get_ydata()) for line in bottom.get_lines() if line.get_color() in colours]
+    assert won == [
+        pytest.approx([0, 100 / 22, 200 / 23, 300 / 24]),
+        pytest.approx([100 / 22, 300 / 24, 500 / 26]),
+    ]
 
 
 def test_plot_prints_each_run_at_2_and_5_million_agent_steps(pong, tmp_path, capsys):
@@ -302,8 +299,8 @@ def test_plot_against_steps_draws_each_seed_by_its_agent_steps(pong, tmp_path):
         if not line.get_label().startswith("_")
     }
     assert lines == {
-        f"{first}: running mean (3 episodes)": ([0.001, 0.002, 0.003], [-20.0, -19.0, -18.0]),
-        f"{second}: running mean (2 episodes)": ([0.001, 0.002], [-20.0, -17.0]),
+        "trial/seed-1 (3 episodes)": ([0.001, 0.002, 0.003], [-20.0, -19.0, -18.0]),
+        "trial/seed-2 (2 episodes)": ([0.001, 0.002], [-20.0, -17.0]),
     }
     assert bottom.get_xlabel() == "million agent steps"
 
