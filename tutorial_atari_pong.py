@@ -2075,11 +2075,12 @@ def plotted_folders(args):
 
 def figure_path(args, folders):
     """Where --plot writes: --output; else learning_curve.png in the folder that holds the runs,
-    unless that is a shipped run's folder (one with a README.md, other than --model-dir), whose
-    committed figure stays as it is: then MODEL_DIR/FOLDER.png. With a line that says so."""
+    unless that is a shipped run's folder (one with a README.md, as each of models/'s has; models/
+    itself holds yours), whose committed figure stays as it is: then MODEL_DIR/FOLDER.png. With
+    the line that says so."""
     common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
     shipped = os.path.exists(os.path.join(common, "README.md"))
-    if args.output or not shipped or common == os.path.abspath(args.model_dir):
+    if args.output or not shipped or common == os.path.join(HERE, "models"):
         output = args.output or os.path.join(common, "learning_curve.png")
         return output, f"wrote {output}"
     output = os.path.join(args.model_dir, os.path.basename(common) + ".png")
