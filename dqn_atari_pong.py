@@ -193,16 +193,22 @@ class ReplayMemory:
         }
 
     def load(self, arrays):
+        """A checkpoint's memory. A full one's arrays are taken as they are read: no second copy
+        of hundreds of MB."""
         self.size = int(arrays["memory/size"])
         self.cursor = int(arrays["memory/cursor"])
         for name in ("frames", "actions", "rewards", "terminals", "firsts", "acted"):
-            getattr(self, name)[: self.size] = arrays[f"memory/{name}"]
+            saved = arrays[f"memory/{name}"]
+            if self.size == self.capacity and saved.shape == getattr(self, name).shape:
+                setattr(self, name, saved)
+            else:
+                getattr(self, name)[: self.size] = saved
 
 
 # --- The Q-network and its update ------------------------------------------
 
 
-def build_q_network(input_name, n_actions, seed_value, init_name=init, name="online"):
+def build_q_network(input_name, n_actions, seed_value, init_name=init):
     """Mnih et al. 2013's network: one Q-value per action; weights from the named initialiser,
     zero biases."""
     history, side = INPUTS[input_name]
@@ -242,7 +248,7 @@ def build_q_network(input_name, n_actions, seed_value, init_name=init, name="onl
     outputs = tl.layers.Dense(
         n_actions, W_init=pong.initialiser(init_name, seed_value + 3), b_init=zeros, name="output"
     )(x)
-    model = tl.models.Model(inputs=inputs, outputs=outputs, name=name)
+    model = tl.models.Model(inputs=inputs, outputs=outputs)  # named by TensorLayer: unique
     model.eval()  # no dropout or batch norm: only TensorLayer's bookkeeping
     return model
 
@@ -401,9 +407,7 @@ class Learner:
         self.args = args
         self.n_actions = len(pong.GAMES[args.game].actions)
         self.online = build_q_network(args.input, self.n_actions, args.seed, args.init)
-        self.target = build_q_network(
-            args.input, self.n_actions, args.seed, args.init, name="target"
-        )
+        self.target = build_q_network(args.input, self.n_actions, args.seed, args.init)
         self.frame = frame_function(args.game, args.input)
         self.steps = self.episode = self.updates = 0
         self.running_mean = None
@@ -416,9 +420,11 @@ class Learner:
             self.running_mean = None if np.isnan(running_mean) else running_mean
         self.env = pong.make_env(0, "human" if args.render else None, args.game)
         self.start_afresh()
+        self.exact = False  # resumed with the whole training state
         if training is not None:
             try:
                 self.restore_training(training)
+                self.exact = True
             except (KeyError, ValueError) as error:  # a file damaged inside: begin from the weights
                 print(f"not exact: the training state does not fit ({error}); {AFRESH}")
                 self.start_afresh()
@@ -784,11 +790,9 @@ def train(args, given):
             if arrays["state/steps"] >= args.steps:
                 print(f"{path} is at step {int(arrays['state/steps'])}: --steps {args.steps} done")
                 return
-            training = exact_training(os.path.dirname(path) or ".", arrays, args)
-            learner = Learner(args, arrays, training)
-            exactly = (
-                "" if training is None else " (exactly: memory, target, optimizer, generators)"
-            )
+            directory = os.path.dirname(path) or "."
+            learner = Learner(args, arrays, exact_training(directory, arrays, args))
+            exactly = " (exactly: memory, target, optimizer, generators)" if learner.exact else ""
             print(
                 f"resumed from {path} at step {learner.steps}, episode {learner.episode}{exactly}"
             )
