@@ -968,7 +968,7 @@ class Training:
             return
         self.log.close()
         open(os.path.join(self.staging, "saved"), "w").close()
-        finish_restart(self.directory, name)
+        finish_restart(self.directory)
         self.staging = None
         self.log = ProgressLog(self.directory, self.episode)
 
@@ -1081,11 +1081,17 @@ def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings
 
 def save_checkpoint(path, model, optimizer, episode, running_mean, pending, settings=None):
     """Write weights, RMSProp state, counters, settings and the unfinished batch to path
-    atomically (a temporary file, then os.replace). Non-finite weights are refused: the last good
-    file stays."""
+    atomically. Non-finite weights are refused: the last good file stays."""
     problem = "the weights are not finite (NaN or infinity) and were not saved"
     require_finite(model.trainable_weights, problem)
-    arrays = checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings or {})
+    save_arrays(
+        path, checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings or {})
+    )
+
+
+def save_arrays(path, arrays):
+    """Write arrays to path as an .npz archive atomically: a temporary file, flushed to the disk,
+    then os.replace. A kill or a full disk leaves the last file as it was."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"  # per process: nothing two processes write can collide
     try:
@@ -1626,17 +1632,16 @@ def saved_state(path, hidden_units, naming_it=False):
 RESTART = ".restart"  # a --restart's new run lives in this subfolder until its first save
 
 
-def finish_restart(directory, checkpoint_name):
+def finish_restart(directory):
     """Complete a --restart whose first save was under way (it marked its folder 'saved'), or drop
     one that never saved: the old run stays whole."""
     staging = os.path.join(directory, RESTART)
     if not os.path.isdir(staging):
         return
-    saved = os.path.exists(os.path.join(staging, "saved"))
-    for name in (checkpoint_name, "progress.csv", "tensorboard"):  # redone until all are done
-        new = os.path.join(staging, name)
-        old = os.path.join(directory, name)
-        if saved and os.path.exists(new):
+    if os.path.exists(os.path.join(staging, "saved")):
+        for name in sorted(set(os.listdir(staging)) - {"saved"}):  # redone until all are done
+            new = os.path.join(staging, name)
+            old = os.path.join(directory, name)
             if os.path.isdir(new):
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(new, old)
@@ -1717,7 +1722,7 @@ def claim_folder(args, path):
     stale += glob.glob(glob.escape(directory) + "/progress.csv.*.tmp")
     for temporary in stale:
         os.remove(temporary)
-    finish_restart(directory, os.path.basename(path))
+    finish_restart(directory)
     staging = None
     if args.resume and restart_left:
         arrays = resumable(path, args)
@@ -1795,6 +1800,14 @@ def score_summary(results, path):
     )
 
 
+def play_line(episode, game_name):
+    """--play's line for an episode: Pong's score, or another game's."""
+    if game_name == "Pong":
+        won, lost = episode.points_won, episode.points_lost
+        return f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}"
+    return f"episode {episode.number}: score {episode.reward:g}"
+
+
 def play(args):
     """--play N: the checkpoint's policy plays N episodes; nothing is learnt."""
     path = checkpoint_path(args)
@@ -1819,12 +1832,7 @@ def play(args):
     try:
         for episode in player.play(weights, range(args.play), lambda line: None, stop):
             results.append(episode)
-            if args.game == "Pong":
-                won = episode.points_won
-                lost = episode.points_lost
-                print(f"episode {episode.number}: {won}-{lost} {'won' if won > lost else 'lost'}")
-            else:
-                print(f"episode {episode.number}: score {episode.reward:g}")
+            print(play_line(episode, args.game))
     finally:
         player.close()
     print((play_summary if args.game == "Pong" else score_summary)(results, path))

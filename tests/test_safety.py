@@ -174,14 +174,14 @@ def test_finish_restart_completes_a_saved_restart_and_drops_an_unsaved_one(pong,
         return run
 
     saved = folder("saved", marked=True)
-    pong.finish_restart(str(saved), CHECKPOINT_NAME)
+    pong.finish_restart(str(saved))
     assert (saved / CHECKPOINT_NAME).read_text() == "new checkpoint"
     assert (saved / "progress.csv").read_text() == "new log"
     assert [p.name for p in (saved / "tensorboard").iterdir()] == ["events.out.tfevents.new"]
     assert not (saved / ".restart").exists()
 
     unsaved = folder("unsaved", marked=False)
-    pong.finish_restart(str(unsaved), CHECKPOINT_NAME)
+    pong.finish_restart(str(unsaved))
     assert (unsaved / CHECKPOINT_NAME).read_text() == "old checkpoint"
     assert (unsaved / "progress.csv").read_text() == "old log"
     assert [p.name for p in (unsaved / "tensorboard").iterdir()] == ["events.out.tfevents.old"]
