@@ -1465,10 +1465,13 @@ SHIPPED = {
 
 def shipped_agent(args, own_run):
     """The checkpoint of the agent this project ships for the game, where --play or --plot finds no
-    run of your own (own_run: its checkpoint or log) in the default folder; None where --model or
-    --model-dir was given, or no agent is shipped for the game."""
+    run of your own (own_run: its checkpoint or log) in the game's default folder; None for --model,
+    another folder, or a game with no shipped agent."""
     game_name = args.game or "Pong"
-    if args.model or "model_dir" in args.given or os.path.exists(own_run):
+    default_folder = (
+        model_dir if game_name == "Pong" else os.path.join(model_dir, game_name.lower())
+    )
+    if args.model or args.model_dir != default_folder or os.path.exists(own_run):
         return None
     if game_name not in SHIPPED:
         return None
@@ -2088,8 +2091,9 @@ def figure_path(args, folders):
     the line that says so."""
     common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
     shipped = os.path.exists(os.path.join(common, "README.md"))
-    if args.output or not shipped or common == os.path.join(HERE, "models"):
-        output = args.output or os.path.join(common, "learning_curve.png")
+    chosen = getattr(args, "output", None)  # dqn_atari_pong.py's --plot may have no --output
+    if chosen or not shipped or common == os.path.join(HERE, "models"):
+        output = chosen or os.path.join(common, "learning_curve.png")
         return output, f"wrote {output}"
     output = os.path.join(args.model_dir, os.path.basename(common) + ".png")
     kept = from_here(os.path.join(common, "learning_curve.png"))

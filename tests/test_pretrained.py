@@ -66,6 +66,6 @@ def test_play_and_plot_use_the_shipped_agent_before_a_run_of_your_own_and_say_so
     )
     assert (tmp_path / "models" / "lr0.00407-decay0.988-he-normal.png").stat().st_size > 10_000
 
-    refused = run_script(["--play", 1, "--model-dir", "models"], tmp_path)
+    refused = run_script(["--play", 1, "--model-dir", "mine"], tmp_path)
     assert_one_line_error(refused)
-    assert "no checkpoint at models/model_pong.npz" in refused.stderr, "a folder named is yours"
+    assert "no checkpoint at mine/model_pong.npz" in refused.stderr, "another folder is yours"
