@@ -15,7 +15,7 @@ same settings in both with --enqueue).
     python sweep.py --trials 20 --episodes 3000 -- --hidden 100   # flags after -- go to every run
     python sweep.py --report                                   # which settings win
     python sweep.py --network cnn --study pong-cnn             # the convolutional policy's study
-    python tutorial_atari_pong.py --plot runs/pong/trial-0003/seed-*   # a trial's curves
+    python tutorial_atari_pong.py --plot runs/pong/trial-0003          # a trial's seeds
 """
 
 import argparse
