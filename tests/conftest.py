@@ -23,6 +23,14 @@ from helpers import (
 )
 
 
+def pytest_collection_modifyitems(items):
+    """The quick check, `python -m pytest -m "not slow"`, leaves out every end-to-end test (e2e:
+    the script run on the real emulator as a subprocess) and the few others marked slow."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def pong():
     """tutorial_atari_pong.py as a module, with TensorFlow and the emulator imported (~3 s)."""

@@ -195,6 +195,7 @@ def game_run(request, tmp_path_factory):
     return name, cwd, first, second
 
 
+@pytest.mark.e2e
 def test_training_another_game_writes_its_run_in_its_own_folder(game_run):
     name, cwd, first, second = game_run
     assert first.returncode == 0, first.stderr
@@ -219,6 +220,7 @@ def test_training_another_game_writes_its_run_in_its_own_folder(game_run):
     assert "resumed from" in second.stdout
 
 
+@pytest.mark.e2e
 def test_another_games_checkpoint_plays_without_the_game_flag(game_run):
     name, cwd, _, _ = game_run
     checkpoint = cwd / "models" / name.lower() / f"model_{name.lower()}.npz"
@@ -230,6 +232,7 @@ def test_another_games_checkpoint_plays_without_the_game_flag(game_run):
     assert summary.group(3) == f"{float(SCORE_LINE_RE.match(result.lines[-2]).group(2)):.1f}"
 
 
+@pytest.mark.e2e
 def test_another_games_checkpoint_is_refused_for_pong(game_run):
     name, cwd, _, _ = game_run
     checkpoint = cwd / "models" / name.lower() / f"model_{name.lower()}.npz"
@@ -240,6 +243,7 @@ def test_another_games_checkpoint_is_refused_for_pong(game_run):
         assert f"holds a --game {name} policy, this run has --game Pong" in result.stderr
 
 
+@pytest.mark.e2e
 def test_the_convolutional_policy_plays_another_game_with_a_logit_per_action(tmp_path):
     flags = ["--game", "Breakout", "--network", "cnn", "--episodes", "1", "--batch-size", "1"]
     result = run_script([*flags, "--envs", "1"], tmp_path)
@@ -253,6 +257,7 @@ def test_the_convolutional_policy_plays_another_game_with_a_logit_per_action(tmp
     assert SCORE_SUMMARY_RE.match(played.lines[-1]), played.lines[-1]
 
 
+@pytest.mark.e2e
 def test_play_prints_the_mean_score_with_its_interval(tmp_path):
     flags = ["--game", "Breakout", "--episodes", "1", "--batch-size", "1", "--envs", "1"]
     assert run_script(flags, tmp_path).returncode == 0
@@ -273,6 +278,7 @@ def test_play_prints_the_mean_score_with_its_interval(tmp_path):
     assert "the mean score over the 1 episode before each mark" in plot.stdout
 
 
+@pytest.mark.e2e
 def test_another_game_is_recorded_as_a_gif_of_its_own_screens(game_run, tmp_path):
     """--record-gif 40 at scale 1: the game's first 40 observations, 210 x 160, at 30 frames a
     second (Pillow merges repeated frames into longer ones)."""
@@ -289,6 +295,7 @@ def test_another_game_is_recorded_as_a_gif_of_its_own_screens(game_run, tmp_path
     assert sum(durations) == 40 * 30
 
 
+@pytest.mark.e2e
 def test_plotting_runs_of_two_games_together_is_refused(tmp_path):
     for name in ("Breakout", "Pong"):
         flags = ["--game", name, "--episodes", "1", "--batch-size", "1", "--envs", "1"]
@@ -299,6 +306,7 @@ def test_plotting_runs_of_two_games_together_is_refused(tmp_path):
     assert "--plot draws runs of one game: Pong is Pong's, Breakout is not" in result.stderr
 
 
+@pytest.mark.e2e
 def test_the_random_player_scores_each_game_with_an_interval():
     command = [sys.executable, str(REPO / "bench" / "random_player.py"), "--episodes", "3"]
     result = subprocess.run(

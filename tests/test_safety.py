@@ -571,6 +571,7 @@ def test_resume_and_restart_together_are_refused(pong, capsys):
 # --- --init, the tutorial's third knob --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_init_default_is_the_tutorial_s_glorot_uniform_and_others_have_their_spread(pong):
     assert pong.parse_args([]).init == "glorot-uniform"
     fan_in, fan_out = 6400, 200
