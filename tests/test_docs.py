@@ -22,8 +22,10 @@ README = ROOT / "README.md"
 PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))
 CI = ROOT / ".ci" / "run"
 
-TRAIN_COMMAND = "pip install -r requirements.txt && python tutorial_atari_pong.py"
+INSTALL_COMMAND = "pip install -r requirements.txt"
+TRAIN_COMMAND = "python tutorial_atari_pong.py"
 TEST_COMMAND = "pip install -r requirements.txt -r tests/requirements.txt && python -m pytest"
+QUICK_TEST_COMMAND = TEST_COMMAND + ' -m "not slow"'  # conftest.py: every e2e test is slow
 MAX_README_LINES = 250
 
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.M | re.S)
@@ -126,9 +128,27 @@ def test_the_readme_is_at_most_250_lines():
     assert count <= MAX_README_LINES, f"README.md has {count} lines; move detail into docs/"
 
 
-def test_the_readme_gives_the_two_commands():
+def test_the_readme_gives_the_install_train_and_two_test_commands():
     lines = code_lines(README)
-    assert TRAIN_COMMAND in lines and TEST_COMMAND in lines
+    for command in (INSTALL_COMMAND, TRAIN_COMMAND, QUICK_TEST_COMMAND, TEST_COMMAND):
+        assert command in lines, command
+
+
+def test_the_readmes_checkout_size_is_the_tracked_files():
+    """The clone-size paragraph's checkout: the tracked files' sizes in MiB (as `du -sh` counts,
+    give or take its blocks), within 2%; the .git sizes are measured, dated, by hand."""
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout ({listed.stderr.strip()})")
+    files = [ROOT / name for name in listed.stdout.split("\0") if name]
+    mib = sum(path.stat().st_size for path in files if path.is_file()) / 2**20
+    stated = re.search(r"the checkout is (\d+) MB either way", words(README.read_text("utf-8")))
+    assert stated, "README.md no longer says how big the checkout is"
+    assert abs(int(stated.group(1)) - mib) <= 0.02 * mib, f"the tracked files are {mib:.0f} MiB"
 
 
 def test_ci_runs_the_readmes_test_command():
