@@ -1660,7 +1660,7 @@ def earlier_run(path, directory):
     if os.path.exists(path):
         found.append(f"the checkpoint {path}")
     if episodes:
-        found.append(f"{episodes} episodes in {log}")
+        found.append(f"{plural(episodes, 'episode')} in {log}")
     return " and ".join(found)
 
 
@@ -1891,7 +1891,7 @@ def print_score_milestones(folder, run, scores, window):
     steps = run["agent_steps"]
     stretch = plural(window, "episode")
     print(
-        f"{folder}: {episodes} episodes ({steps[-1]:.1f} million agent steps) in "
+        f"{folder}: {plural(episodes, 'episode')} ({steps[-1]:.1f} million agent steps) in "
         f"{run['hours'][-1]:.2f} hours of training; the mean score over the {stretch} before each "
         "mark:"
     )
@@ -1976,7 +1976,8 @@ def print_milestones(folder, run, shares, window):
     points, games = shares
     stretch = plural(window, "episode")
     print(
-        f"{folder}: {len(run['episode'])} episodes in {run['hours'][-1]:.2f} hours of training; "
+        f"{folder}: {plural(len(run['episode']), 'episode')} in {run['hours'][-1]:.2f} hours of "
+        "training; "
         f"over the {stretch} before each mark, and over all since the mark before:"
     )
     print_milestone_table(run, shares, window)
@@ -1996,7 +1997,7 @@ def print_milestones(folder, run, shares, window):
     for label, at in zip(labels, crossings(run), strict=True):
         where = "not yet"
         if at is not None:
-            where = f"episode {at}, {when(at)} ({len(steps) - at} episodes ago)"
+            where = f"episode {at}, {when(at)} ({plural(len(steps) - at, 'episode')} ago)"
         print(f"  {label}: {where}")
     rewards = moving_mean(run["reward"], window)
     best = []
@@ -2402,10 +2403,8 @@ def resolve_envs(args, parser):
         )
     elif args.envs > episodes_at_once:
         if not args.play:
-            print(
-                f"--envs {args.envs} is more than the batch size: {args.batch_size} episodes are "
-                "played at once"
-            )
+            at_once = "1 episode is" if args.batch_size == 1 else f"{args.batch_size} episodes are"
+            print(f"--envs {args.envs} is more than the batch size: {at_once} played at once")
         args.envs = episodes_at_once
 
 

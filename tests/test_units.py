@@ -1155,3 +1155,24 @@ def test_git_ignores_what_runs_leave_in_the_shipped_model_folder():
     if result.returncode == 128:
         pytest.skip(f"not a git checkout ({result.stderr.strip()})")
     assert result.stdout.splitlines() == names
+
+
+def test_a_count_of_one_is_singular_in_what_the_script_prints(pong, tmp_path, capsys):
+    assert [pong.plural(n, "episode") for n in (0, 1, 2)] == [
+        "0 episodes",
+        "1 episode",
+        "2 episodes",
+    ]
+    (tmp_path / "progress.csv").write_text(
+        "episode,reward,running_mean,points_won,points_lost,steps,seconds,wall_time\n"
+        "0,-21,-21,0,21,900,1.0,2026-12-01T10:00:00\n0,-21"
+    )
+    rows = pong.read_progress(str(tmp_path / "progress.csv"))
+    assert len(rows) == 1
+    run = pong.progress_columns(str(tmp_path))
+    pong.print_milestones(str(tmp_path), run, pong.shares_won(run, 1), 1)
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'progress.csv'}: skipped 1 torn or malformed row\n" in printed
+    assert f"{tmp_path}: 1 episode in 0.00 hours of training; over the 1 episode before" in printed
+    assert "best 1 episode in a row: " in printed
+    assert "90% of games won over 1 episode in a row: not yet" in printed
