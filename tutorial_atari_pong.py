@@ -1047,8 +1047,8 @@ def train(args):
 # --- Checkpoints -----------------------------------------------------------
 
 SETTINGS = ("learning_rate", "decay_rate", "gamma", "batch_size", "seed")  # kept as config/NAME
-# What --resume takes from the checkpoint unless given: these, and the network's shape and kind.
-RESUMED_SETTINGS = (*SETTINGS, "hidden", "network")
+# What --resume takes from the checkpoint unless given: these, and the network's kind and size.
+RESUMED_SETTINGS = (*SETTINGS, "network", "hidden")
 
 
 def checkpoint_arrays(model, optimizer, episode, running_mean, pending, settings):
@@ -1697,6 +1697,8 @@ def resumable(path, args):
     network_name = args.network if "network" in args.given else None
     arrays = read_checkpoint(path, hidden_units, network_name=network_name, game_name=args.game)
     changes = resumed_settings(arrays, args, args.given, RESUMED_SETTINGS)
+    if args.network == "cnn" and "hidden" in args.given:
+        fail(f"{path} holds a --network cnn policy: --hidden does nothing with it")
     pending = len(arrays.get("pending/steps", []))
     trained_batch = arrays.get("config/batch_size")
     if pending and trained_batch is not None and int(trained_batch) != args.batch_size:
@@ -1977,8 +1979,7 @@ def print_milestones(folder, run, shares, window):
     stretch = plural(window, "episode")
     print(
         f"{folder}: {plural(len(run['episode']), 'episode')} in {run['hours'][-1]:.2f} hours of "
-        "training; "
-        f"over the {stretch} before each mark, and over all since the mark before:"
+        f"training; over the {stretch} before each mark, and over all since the mark before:"
     )
     print_milestone_table(run, shares, window)
     steps = run["agent_steps"]
@@ -2101,37 +2102,9 @@ def figure_path(args, folders):
     return output, f"wrote {output} (the shipped {kept} stays as it is; --output PATH to choose)"
 
 
-def plot(args):
-    """--plot [DIR ...]: the learning curves of model folders of one game in one figure (written
-    where figure_path says), and for each a table of how it stood before each milestone. Returns
-    the figure."""
-    folders = plotted_folders(args)
-    runs = {folder: progress_columns(folder) for folder in folders}
-    game_name = runs[folders[0]]["game"]
-    if others := [folder for folder, run in runs.items() if run["game"] != game_name]:
-        fail(f"--plot draws runs of one game: {folders[0]} is {game_name}'s, {others[0]} is not")
-    output, written = figure_path(args, folders)
-    writable_directory(os.path.dirname(output) or ".", "the figure")
-    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
-    if game_name == "Pong":
-        shares = {folder: shares_won(run, window) for folder, run in runs.items()}
-        lower = {folder: share[0] for folder, share in shares.items()}
-    else:
-        lower = {folder: moving_mean(run["reward"], window) for folder, run in runs.items()}
-    for folder, run in runs.items():
-        if game_name == "Pong":
-            print_milestones(folder, run, shares[folder], window)
-        else:
-            print_score_milestones(folder, run, lower[folder], window)
-    figure = draw_figure(runs, lower, window, AXES[args.against])
-    figure.savefig(output, dpi=100)
-    print(written)
-    return figure
-
-
 def draw_figure(runs, lower, window, against):
     """The figure of --plot: the running means above, the points won (Pong) or the mean score
-    below, a line per run or seed and a setting's mean (episodes only); the legend beside."""
+    below, a line per run or seed and a setting's mean (episodes only); the legend below them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -2166,6 +2139,34 @@ def draw_figure(runs, lower, window, against):
     bottom.set(xlabel=AXIS_LABELS[against])
     # below the panels, where it covers no line; it holds both panels' labelled lines
     figure.legend(loc="outside lower center", ncols=2, fontsize="small")
+    return figure
+
+
+def plot(args):
+    """--plot [DIR ...]: the learning curves of model folders of one game in one figure (written
+    where figure_path says), and for each a table of how it stood before each milestone. Returns
+    the figure."""
+    folders = plotted_folders(args)
+    runs = {folder: progress_columns(folder) for folder in folders}
+    game_name = runs[folders[0]]["game"]
+    if others := [folder for folder, run in runs.items() if run["game"] != game_name]:
+        fail(f"--plot draws runs of one game: {folders[0]} is {game_name}'s, {others[0]} is not")
+    output, written = figure_path(args, folders)
+    writable_directory(os.path.dirname(output) or ".", "the figure")
+    window = max(1, min(1000, min(len(run["episode"]) for run in runs.values()) // 10))
+    if game_name == "Pong":
+        shares = {folder: shares_won(run, window) for folder, run in runs.items()}
+        lower = {folder: share[0] for folder, share in shares.items()}
+    else:
+        lower = {folder: moving_mean(run["reward"], window) for folder, run in runs.items()}
+    for folder, run in runs.items():
+        if game_name == "Pong":
+            print_milestones(folder, run, shares[folder], window)
+        else:
+            print_score_milestones(folder, run, lower[folder], window)
+    figure = draw_figure(runs, lower, window, AXES[args.against])
+    figure.savefig(output, dpi=100)
+    print(written)
     return figure
 
 
