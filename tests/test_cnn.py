@@ -465,13 +465,13 @@ def test_training_with_the_cnn_writes_its_checkpoint_and_the_tutorials_lines(pon
 
 
 @pytest.mark.e2e
-def test_resume_continues_a_cnn_run(cnn_run, tmp_path):
+def test_resume_continues_a_cnn_run_without_being_told_its_network(cnn_run, tmp_path):
     trained_dir, _ = cnn_run
     model_dir = tmp_path / "m"
     shutil.copytree(trained_dir, model_dir)
     checkpoint = model_dir / "model_pong.npz"
     before = load_checkpoint(checkpoint)
-    flags = ["--resume", "--network", "cnn", "--episodes", 1, "--batch-size", 1, "--envs", 1]
+    flags = ["--resume", "--episodes", 1, "--batch-size", 1, "--envs", 1]  # no --network cnn
     result = run_script([*flags, "--model-dir", model_dir], tmp_path)
     assert result.returncode == 0, result.describe()
     mean = float(before["state/running_mean"])
@@ -486,13 +486,14 @@ def test_resume_continues_a_cnn_run(cnn_run, tmp_path):
 
 
 @pytest.mark.e2e
-def test_resuming_a_cnn_run_without_network_cnn_is_refused_in_one_line(cnn_run, tmp_path):
+def test_resuming_a_cnn_run_with_network_mlp_is_refused_in_one_line(cnn_run, tmp_path):
     trained_dir, _ = cnn_run
     model_dir = tmp_path / "m"
     shutil.copytree(trained_dir, model_dir)
     checkpoint = model_dir / "model_pong.npz"
     before = {name: (model_dir / name).read_bytes() for name in ("model_pong.npz", "progress.csv")}
-    result = run_script(["--resume", "--episodes", 1, "--model-dir", model_dir], tmp_path)
+    flags = ["--resume", "--network", "mlp", "--episodes", 1]
+    result = run_script([*flags, "--model-dir", model_dir], tmp_path)
     assert_one_line_error(result)
     assert result.stderr_lines == [
         f"{SCRIPT.name}: error: {checkpoint} holds a --network cnn policy, "
