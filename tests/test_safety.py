@@ -726,6 +726,8 @@ def test_plot_against_hours_draws_each_run_by_its_hours_of_training(pong, tmp_pa
     """--against hours: the hours column of each run, seeds one by one, as DQN's runs are
     compared with the tutorial's."""
     write_seeds(tmp_path / "dqn-pong", [[-21, -20, -19], [-21, -21]])
+    for seed in (1, 2):  # DQN's checkpoint is no model_*.npz: the runs are Pong's
+        np.savez(tmp_path / "dqn-pong" / f"seed-{seed}" / "dqn_pong.npz", weights=np.zeros(1))
     figure = pong.plot(
         pong.parse_args(["--plot", str(tmp_path / "dqn-pong"), "--against", "hours"])
     )
