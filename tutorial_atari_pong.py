@@ -2222,7 +2222,12 @@ def training_flags(flag):
     how long, the update's settings."""
     true = "store_true"
     flag("--render", "show the game in a window (needs a display)", action=true, default=render)
-    flag("--resume", "continue training from the checkpoint", action=true, default=resume)
+    flag(
+        "--resume",
+        "continue training from the checkpoint, at its settings (a flag given changes one)",
+        action=true,
+        default=resume,
+    )
     flag(
         "--restart",
         "start afresh in a folder that holds a run (replaced at the first save)",
