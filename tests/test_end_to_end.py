@@ -47,6 +47,7 @@ CHECKPOINT_KEYS = {
     "config/decay_rate",
     "config/gamma",
     "config/batch_size",
+    "config/seed",
     "pending/steps",
     "pending/numbers",
     "pending/nnz",
@@ -183,8 +184,9 @@ def test_checkpoint_holds_the_trained_state(pong, run):
     assert int(arrays["state/format"]) == 2
     assert (int(arrays["config/input_size"]), int(arrays["config/hidden"])) == (6400, 200)
     assert {
-        name: arrays["config/" + name].item() for name in ("learning_rate", "decay_rate", "gamma")
-    } == {"learning_rate": 1e-4, "decay_rate": 0.99, "gamma": 0.99}
+        name: arrays["config/" + name].item()
+        for name in ("learning_rate", "decay_rate", "gamma", "seed")
+    } == {"learning_rate": 1e-4, "decay_rate": 0.99, "gamma": 0.99, "seed": 1}
     updates = len(parse_train_log(run.result.lines).batches)
     # The mean square starts at 1 and decays by 0.99 an update; where the gradient was always 0
     # (pixel 0, the corner of the top wall, never changes) that is all that happened to it.
