@@ -290,7 +290,7 @@ def test_progress_csv_continues_across_resume_and_drops_stale_and_torn_rows(resu
     rows = read_progress(resumed.model_dir)
     assert [int(r["episode"]) for r in rows] == [0, 1, 2]
     assert (
-        f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed rows"
+        f"{resumed.model_dir / 'progress.csv'}: skipped 1 torn or malformed row"
         in resumed.result.lines
     )
     assert rows[:2] == resumed.before_progress

@@ -215,7 +215,7 @@ def test_a_damaged_progress_csv_is_skipped_with_one_line_and_training_goes_on(ol
     )
     assert result.returncode == 0, result.describe()
     assert "Traceback" not in result.stderr
-    assert f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed rows" in result.lines
+    assert f"{model_dir / 'progress.csv'}: skipped 1 torn or malformed row" in result.lines
     assert [row["episode"] for row in read_progress(model_dir)] == ["0", "1", "2"]
 
 
