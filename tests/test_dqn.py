@@ -4,14 +4,29 @@ kill -9 around its saves, and bad input refused in one line."""
 
 import copy
 import dataclasses
+import hashlib
 import importlib.util
+import pathlib
+import re
+import shutil
 import sys
 import types
 from unittest import mock
 
 import numpy as np
 import pytest
-from helpers import DQN_SCRIPT
+from helpers import (
+    DQN_CHECKPOINT_NAME,
+    DQN_SCRIPT,
+    PLAY_RE,
+    PLAY_SUMMARY_RE,
+    Result,
+    load_checkpoint,
+    parse_train_log,
+    read_progress,
+    run_script,
+    running_means,
+)
 
 # --- The script as a module ----------------------------------------------------------------
 
@@ -301,3 +316,279 @@ def test_the_update_s_loss_is_the_huber_loss_of_the_q_learning_target_before_its
     )
     after = q_values(dqn, online, states, input_name)[np.arange(count), actions]
     assert huber_loss(targets, after) < expected
+
+
+# --- The script run as a user runs it: a subprocess on the real Pong-v0 ---------------------
+
+# Short runs: updates from the memory's 500th frame, one every 8 agent steps; epsilon falls to
+# its end over the next 1,000 steps; the memory of 2,000 frames wraps around in the second
+# episode; a save after every episode. An episode of the untrained agent is ~800-1,400 steps.
+FLAGS = [
+    "--memory",
+    2000,
+    "--learning-starts",
+    500,
+    "--batch-size",
+    8,
+    "--train-every",
+    8,
+    "--epsilon-steps",
+    1000,
+    "--save-every",
+    1,
+]
+KEPT = ["--learning-rate", 0.0005, "--target-every", 500]  # not defaults: a resume keeps them
+RESUMED_RE = re.compile(
+    r"^resumed from (.+) at step (\d+), episode (\d+)"
+    r"( \(exactly: memory, target, optimizer, generators\))?$"
+)
+EPISODE_OVER_RE = re.compile(
+    r"^episode (\d+) over \((\d+) steps, (\d+) in all, epsilon (\d\.\d{3})\)\.\.\.\.\.\. "
+    r"(\d+) updates \((?:mean loss \d+\.\d{5}|none yet)\) in \d+\.\d{2}s$"
+)
+STEP_RE = re.compile(r"^step (\d+): episode (\d+), epsilon \d\.\d{3}, .*; saved (.+)$")
+
+
+def run_dqn(args, cwd, **options):
+    return run_script(args, cwd, script=DQN_SCRIPT, **options)
+
+
+@dataclasses.dataclass
+class DqnRun:
+    model_dir: pathlib.Path
+    result: Result
+
+    @property
+    def checkpoint(self):
+        return self.model_dir / DQN_CHECKPOINT_NAME
+
+    def arrays(self):
+        return load_checkpoint(self.checkpoint)
+
+    def steps(self):
+        return int(self.arrays()["state/steps"])
+
+
+def dqn_run(tmp_path_factory, name, *flags, copy_of=None, prepare=None):
+    """The script run with flags and --model-dir, in a new folder (with a copy of another run's
+    folder, if any)."""
+    cwd = tmp_path_factory.mktemp(name)
+    model_dir = cwd / "m"
+    if copy_of is not None:
+        shutil.copytree(copy_of.model_dir, model_dir)
+    if prepare is not None:
+        prepare(model_dir)
+    return DqnRun(model_dir, run_dqn([*flags, "--model-dir", model_dir], cwd))
+
+
+@pytest.fixture(scope="module")
+def first_episode_run(tmp_path_factory):
+    """One episode: --steps 1 (a run ends with the episode under way)."""
+    run = dqn_run(tmp_path_factory, "first", "--steps", 1, *FLAGS, *KEPT)
+    assert run.result.returncode == 0, run.result.describe()
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_episode_run(tmp_path_factory, first_episode_run):
+    """Two episodes in one go: --steps one past the first episode's end (the same episode: the
+    same seed)."""
+    steps = first_episode_run.steps() + 1
+    return dqn_run(tmp_path_factory, "two", "--steps", steps, *FLAGS, *KEPT)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, first_episode_run):
+    """first_episode_run's folder resumed with no flag but --steps, to two_episode_run's end."""
+    steps = first_episode_run.steps() + 1
+    return dqn_run(
+        tmp_path_factory, "resumed", "--resume", "--steps", steps, copy_of=first_episode_run
+    )
+
+
+def expected_updates(episode_steps, memory, learning_starts, train_every, first_step=0):
+    """The updates of a run: one every train_every agent steps once the memory holds
+    learning_starts frames (each episode's first frame, then one frame a step)."""
+    updates, frames, step = 0, 0, first_step
+    for length in episode_steps:
+        frames += 1
+        for _ in range(length):
+            step, frames = step + 1, frames + 1
+            updates += min(frames, memory) >= learning_starts and step % train_every == 0
+    return updates
+
+
+def npz_names(model_dir):
+    return sorted(path.name for path in model_dir.glob("*.npz"))
+
+
+@pytest.mark.e2e
+def test_a_short_run_prints_the_tutorial_s_lines_and_leaves_its_log_and_checkpoints(
+    dqn, two_episode_run
+):
+    run = two_episode_run
+    assert run.result.returncode == 0, run.result.describe()
+    assert "Traceback" not in run.result.stderr
+    rows = read_progress(run.model_dir)
+    assert [int(row["episode"]) for row in rows] == [0, 1]
+    steps = [int(row["steps"]) for row in rows]
+    rewards = [float(row["reward"]) for row in rows]
+    log = parse_train_log(run.result.lines)
+    assert log.episodes == list(zip(rewards, running_means(rewards), strict=True))
+    assert [float(row["running_mean"]) for row in rows] == running_means(rewards)
+    for number, row in enumerate(rows):
+        points = log.points[number]
+        assert [game for game, _, _ in points] == list(range(len(points)))
+        assert sum(reward > 0 for _, reward, _ in points) == int(row["points_won"])
+        assert sum(reward < 0 for _, reward, _ in points) == int(row["points_lost"])
+        assert sum(reward for _, reward, _ in points) == float(row["reward"])
+    over = [EPISODE_OVER_RE.match(line) for line in run.result.lines]
+    over = [match for match in over if match]
+    assert [(int(m[1]), int(m[2]), int(m[3])) for m in over] == [
+        (0, steps[0], steps[0]),
+        (1, steps[1], sum(steps)),
+    ]
+
+    arrays = dqn.read_q_checkpoint(str(run.checkpoint), "Pong")
+    assert int(arrays["state/steps"]) == sum(steps)
+    assert int(arrays["state/episode"]) == 2
+    updates = expected_updates(steps, memory=2000, learning_starts=500, train_every=8)
+    assert int(arrays["state/updates"]) == updates == sum(int(m[5]) for m in over)
+    settings = types.SimpleNamespace(learning_starts=500, epsilon_steps=1000, epsilon_end=0.01)
+    assert float(arrays["state/epsilon"]) == dqn.epsilon_at(sum(steps), settings)
+    assert str(arrays["config/algorithm"]) == "dqn" and str(arrays["config/input"]) == "stack"
+    assert float(arrays["config/learning_rate"]) == 0.0005
+    assert int(arrays["config/target_every"]) == 500 and int(arrays["config/memory"]) == 2000
+    assert npz_names(run.model_dir) == [DQN_CHECKPOINT_NAME, f"training-{sum(steps)}.npz"]
+    assert list(run.model_dir.glob("*.tmp")) == []
+    saves = [STEP_RE.match(line) for line in run.result.lines]
+    assert [(int(m[1]), int(m[2]), m[3]) for m in saves if m] == [
+        (steps[0], 1, str(run.checkpoint))
+    ]
+    assert run.result.lines[-1] == (
+        f"saved checkpoint to {run.checkpoint} (step {sum(steps)}, episode 2)"
+    )
+
+
+@pytest.mark.e2e
+def test_play_prints_a_line_an_episode_and_the_tutorial_s_summary(two_episode_run, tmp_path):
+    before = fingerprint(two_episode_run.model_dir)
+    result = run_dqn(["--play", 2, "--model-dir", two_episode_run.model_dir], tmp_path)
+    assert result.returncode == 0, result.describe()
+    played = [m for m in map(PLAY_RE.match, result.lines) if m]
+    assert [int(m[1]) for m in played] == [0, 1]
+    for m in played:
+        won, lost = int(m[2]), int(m[3])
+        assert max(won, lost) == 21 and m[4] == ("won" if won > lost else "lost")
+    summary = PLAY_SUMMARY_RE.match(result.lines[-1])
+    assert summary, result.describe()
+    assert summary[1] == "2" and summary[2] == str(two_episode_run.checkpoint)
+    assert int(summary[3]) == sum(m[4] == "won" for m in played) and summary[4] == "2"
+    assert int(summary[8]) == sum(int(m[2]) for m in played)
+    assert int(summary[9]) == sum(int(m[2]) + int(m[3]) for m in played)
+    assert fingerprint(two_episode_run.model_dir) == before, "--play wrote to the run's folder"
+
+
+def fingerprint(model_dir):
+    """Every file of a run folder but its lock, by path, with its bytes' sha256."""
+    return {
+        str(path.relative_to(model_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
+
+
+def assert_same_arrays(one, other, context):
+    assert sorted(one) == sorted(other), context
+    for name in one:
+        assert one[name].dtype == other[name].dtype, f"{context}: {name}"
+        assert one[name].tobytes() == other[name].tobytes(), f"{context}: {name} differs"
+
+
+@pytest.mark.e2e
+def test_a_resume_goes_on_exactly_as_the_run_in_one_go(
+    first_episode_run, two_episode_run, resumed_run
+):
+    assert two_episode_run.result.returncode == 0, two_episode_run.result.describe()
+    assert resumed_run.result.returncode == 0, resumed_run.result.describe()
+    first_steps = first_episode_run.steps()
+    lines = resumed_run.result.lines
+    assert (
+        f"resumed from {resumed_run.checkpoint} at step {first_steps}, episode 1 "
+        "(exactly: memory, target, optimizer, generators)"
+    ) in lines
+    assert f"settings changed since the checkpoint: --steps 1 -> {first_steps + 1}" in lines
+
+    assert_same_arrays(resumed_run.arrays(), two_episode_run.arrays(), "the checkpoint")
+    steps = two_episode_run.steps()
+    assert npz_names(resumed_run.model_dir) == npz_names(two_episode_run.model_dir)
+    assert_same_arrays(
+        load_checkpoint(resumed_run.model_dir / f"training-{steps}.npz"),
+        load_checkpoint(two_episode_run.model_dir / f"training-{steps}.npz"),
+        "the training state",
+    )
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k not in ("seconds", "wall_time")} for row in rows]
+
+    assert timeless(read_progress(resumed_run.model_dir)) == timeless(
+        read_progress(two_episode_run.model_dir)
+    )
+
+
+@pytest.mark.e2e
+def test_a_resume_with_no_flags_keeps_the_checkpoint_s_settings(resumed_run):
+    assert resumed_run.result.returncode == 0, resumed_run.result.describe()
+    arrays = resumed_run.arrays()
+    assert float(arrays["config/learning_rate"]) == 0.0005
+    assert int(arrays["config/target_every"]) == 500
+    assert int(arrays["config/memory"]) == 2000 and int(arrays["config/learning_starts"]) == 500
+    assert int(arrays["config/save_every"]) == 1 and int(arrays["config/batch_size"]) == 8
+
+
+@pytest.mark.e2e
+def test_a_resume_without_its_training_state_says_not_exact_in_one_line_and_goes_on(
+    tmp_path_factory, first_episode_run
+):
+    """As from git: the weights only. A flag given changes its setting, said in one line."""
+    first_steps = first_episode_run.steps()
+    training = f"training-{first_steps}.npz"
+    run = dqn_run(
+        tmp_path_factory,
+        "not-exact",
+        "--resume",
+        "--steps",
+        first_steps + 1,
+        "--learning-rate",
+        0.0002,
+        copy_of=first_episode_run,
+        prepare=lambda model_dir: (model_dir / training).unlink(),
+    )
+    assert run.result.returncode == 0, run.result.describe()
+    lines = run.result.lines
+    not_exact = [line for line in lines if "not exact" in line]
+    assert len(not_exact) == 1 and not_exact[0].startswith(
+        f"not exact: no {run.model_dir / training} "
+    ), not_exact
+    assert "the memory starts empty" in not_exact[0]
+    assert f"resumed from {run.checkpoint} at step {first_steps}, episode 1" in lines
+    assert lines.index(not_exact[0]) < lines.index(
+        f"resumed from {run.checkpoint} at step {first_steps}, episode 1"
+    )
+    assert (
+        f"settings changed since the checkpoint: --steps 1 -> {first_steps + 1}, "
+        "--learning-rate 0.0005 -> 0.0002"
+    ) in lines
+    arrays = run.arrays()
+    assert float(arrays["config/learning_rate"]) == 0.0002
+    assert int(arrays["config/target_every"]) == 500
+    assert int(arrays["state/episode"]) == 2
+    # The memory started empty: the second episode's updates waited for 500 frames of its own.
+    second_steps = int(arrays["state/steps"]) - first_steps
+    updates_after = expected_updates([second_steps], 2000, 500, 8, first_step=first_steps)
+    first_updates = int(first_episode_run.arrays()["state/updates"])
+    assert int(arrays["state/updates"]) == first_updates + updates_after
+    assert npz_names(run.model_dir) == [
+        DQN_CHECKPOINT_NAME,
+        f"training-{arrays['state/steps']}.npz",
+    ]
