@@ -7,9 +7,13 @@ import dataclasses
 import hashlib
 import importlib.util
 import pathlib
+import random
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import types
 from unittest import mock
 
@@ -20,12 +24,16 @@ from helpers import (
     DQN_SCRIPT,
     PLAY_RE,
     PLAY_SUMMARY_RE,
+    POINT_RE,
+    LiveRun,
     Result,
+    assert_one_line_error,
     load_checkpoint,
     parse_train_log,
     read_progress,
     run_script,
     running_means,
+    script_env,
 )
 
 # --- The script as a module ----------------------------------------------------------------
@@ -592,3 +600,172 @@ def test_a_resume_without_its_training_state_says_not_exact_in_one_line_and_goes
         DQN_CHECKPOINT_NAME,
         f"training-{arrays['state/steps']}.npz",
     ]
+
+
+# --- kill -9 around the saves; a fresh start over a run; --restart ---------------------------
+
+# No updates until the memory's 3,000th frame (the third episode), then few: the kills are about
+# the files, and each episode ends in a save.
+KILL_FLAGS = [
+    "--memory",
+    3000,
+    "--learning-starts",
+    3000,
+    "--batch-size",
+    8,
+    "--train-every",
+    50,
+    "--save-every",
+    1,
+]
+
+# Runs dqn_atari_pong.py's main() in a fresh interpreter after a patch of the module: argv is
+# [script, patch code, flags...]; the patch sees the module as `dqn`.
+PATCHED_MAIN = """
+import importlib.util, os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+spec = importlib.util.spec_from_file_location("dqn_atari_pong", sys.argv[1])
+dqn = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dqn)
+exec(sys.argv[2])
+dqn.main(sys.argv[3:])
+"""
+
+# kill -9 of itself when the checkpoint is about to replace the last one: after the new training
+# state is in place, between the two files of a save.
+KILL_BEFORE_THE_CHECKPOINT_LANDS = f"""
+import signal
+replace = os.replace
+def replace_or_die(source, destination):
+    if os.path.basename(destination) == "{DQN_CHECKPOINT_NAME}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, destination)
+os.replace = replace_or_die
+"""
+
+
+def run_patched(patch, args, cwd):
+    done = subprocess.run(
+        [sys.executable, "-c", PATCHED_MAIN, str(DQN_SCRIPT), patch, *map(str, args)],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,  # a guard against a hang
+    )
+    return Result(args, done.returncode, done.stdout, done.stderr)
+
+
+def assert_resumable(dqn, model_dir, context):
+    """Every .npz loads whole; the checkpoint is one of this script's, and its own training state
+    is there; progress.csv's whole rows number the episodes from 0, at least up to the
+    checkpoint's. Returns the checkpoint's steps."""
+    for path in model_dir.glob("*.npz"):
+        load_checkpoint(path)  # raises on a torn file
+    arrays = dqn.read_q_checkpoint(str(model_dir / DQN_CHECKPOINT_NAME), "Pong")
+    steps, episode = int(arrays["state/steps"]), int(arrays["state/episode"])
+    assert (model_dir / f"training-{steps}.npz").exists(), f"{context}: no training state"
+    numbers = [int(row["episode"]) for row in read_progress(model_dir, torn_end=True)]
+    assert numbers[:episode] == list(range(episode)), f"{context}: progress.csv {numbers}"
+    return steps
+
+
+def kill_at(run, context):
+    """kill -9 now; the script starts no process of its own, and is gone."""
+    started, left = run.kill_9()
+    assert started == [] and left == [], f"{context}: processes {started}, left {left}"
+    assert run.process.returncode == -signal.SIGKILL, f"{context}: it had ended by itself"
+
+
+@pytest.mark.e2e
+def test_kill_9_around_the_saves_leaves_a_run_that_resumes_exactly_and_finishes(dqn, tmp_path):
+    model_dir = tmp_path / "m"
+
+    # At a random instant after the second episode: its row in progress.csv, its save.
+    run = LiveRun([*KILL_FLAGS, "--model-dir", model_dir], tmp_path, script=DQN_SCRIPT)
+    try:
+        first_save = int(run.wait_for(STEP_RE)[1])
+        run.wait_for(EPISODE_OVER_RE)
+        delay = random.uniform(0, 0.3)
+        time.sleep(delay)  # a random instant, not a wait for anything
+        kill_at(run, f"kill 1 (+{delay:.3f}s)")
+    finally:
+        run.kill()
+    steps = assert_resumable(dqn, model_dir, f"kill 1 (+{delay:.3f}s)")
+    assert steps >= first_save
+
+    # Between the two files of the final save: the new training state in place, the checkpoint
+    # not yet.
+    killed = run_patched(
+        KILL_BEFORE_THE_CHECKPOINT_LANDS,
+        ["--resume", "--steps", steps + 1, "--model-dir", model_dir],
+        tmp_path,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.describe()
+    assert (
+        f"resumed from {model_dir / DQN_CHECKPOINT_NAME} at step {steps}, episode " in killed.stdout
+    )
+    assert "(exactly: memory, target, optimizer, generators)" in killed.stdout
+    assert len(list(model_dir.glob(f"{DQN_CHECKPOINT_NAME}.*.tmp"))) == 1
+    assert len(list(model_dir.glob("training-*.npz"))) == 2
+    assert assert_resumable(dqn, model_dir, "kill 2") == steps
+
+    last = run_dqn(["--resume", "--steps", steps + 1, "--model-dir", model_dir], tmp_path)
+    assert last.returncode == 0, last.describe()
+    assert (
+        f"resumed from {model_dir / DQN_CHECKPOINT_NAME} at step {steps}, episode " in last.stdout
+    )
+    assert "(exactly: memory, target, optimizer, generators)" in last.stdout
+    final = assert_resumable(dqn, model_dir, "the last run")
+    assert final > steps
+    assert list(model_dir.glob("*.tmp")) == []
+    assert npz_names(model_dir) == [DQN_CHECKPOINT_NAME, f"training-{final}.npz"]
+    rows = read_progress(model_dir)
+    assert [int(row["episode"]) for row in rows] == list(range(len(rows)))
+    assert sum(int(row["steps"]) for row in rows) == final
+
+
+@pytest.mark.e2e
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused_naming_both_ways_on(
+    first_episode_run, tmp_path
+):
+    model_dir = tmp_path / "m"
+    shutil.copytree(first_episode_run.model_dir, model_dir)
+    before = fingerprint(model_dir)
+    result = run_dqn(["--steps", 1, *FLAGS, "--model-dir", model_dir], tmp_path)
+    assert_one_line_error(result)
+    assert result.stderr_lines[0].startswith(f"{DQN_SCRIPT.name}: error: {model_dir} holds a run")
+    assert "--resume continues it" in result.stderr and "--restart starts over" in result.stderr
+    assert fingerprint(model_dir) == before
+
+
+@pytest.mark.e2e
+def test_a_restart_replaces_the_old_run_only_at_its_first_save(first_episode_run, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(first_episode_run.model_dir, model_dir)
+    before = fingerprint(model_dir)
+    flags = ["--restart", "--seed", 2, "--steps", 1, *FLAGS, "--model-dir", model_dir]
+
+    run = LiveRun(flags, tmp_path, script=DQN_SCRIPT)
+    try:
+        run.wait_for(re.compile(r"^starting over: "))
+        run.wait_for(POINT_RE)  # the new run's first episode is under way: nothing saved yet
+        run.process.send_signal(signal.SIGSTOP)  # held still while its folder is read
+        during = fingerprint(model_dir)
+        run.process.send_signal(signal.SIGCONT)
+        returncode, stderr = run.finish(timeout=240)
+    finally:
+        run.kill()
+    assert {name: digest for name, digest in during.items() if ".restart" not in name} == before
+    assert any(name.startswith(".restart/") for name in during), "the new run is staged apart"
+
+    assert returncode == 0, stderr
+    arrays = load_checkpoint(model_dir / DQN_CHECKPOINT_NAME)
+    assert int(arrays["config/seed"]) == 2 and int(arrays["state/episode"]) == 1
+    old = first_episode_run.arrays()
+    assert not np.array_equal(arrays["conv1/filters"], old["conv1/filters"])
+    rows = read_progress(model_dir)
+    assert [int(row["episode"]) for row in rows] == [0]
+    assert int(rows[0]["steps"]) == int(arrays["state/steps"])
+    assert npz_names(model_dir) == [DQN_CHECKPOINT_NAME, f"training-{arrays['state/steps']}.npz"]
+    assert not (model_dir / ".restart").exists()
