@@ -277,8 +277,8 @@ def test_the_update_s_loss_is_the_huber_loss_of_the_q_learning_target_before_its
     network's highest Q-value of the next state."""
     dqn, tf = dqn_tf, dqn_tf.tf
     history, side = dqn.INPUTS[input_name]
-    online = dqn.build_q_network(input_name, 3, 11, name=f"test_online_{input_name}")
-    target = dqn.build_q_network(input_name, 3, 23, name=f"test_target_{input_name}")
+    online = dqn.build_q_network(input_name, 3, 11)
+    target = dqn.build_q_network(input_name, 3, 23)
     # Next states worth about 3 to the target network, so that leaving out the discounted
     # next value of a transition that did not end the game, or adding it to one that did, moves
     # the error well out of [-1, 1].
@@ -794,9 +794,9 @@ BAD_FLAGS = {
         ["--learning-starts", 32, "--batch-size", 64],
         "--learning-starts must be at least --batch-size",
     ),
-    "memory-below-one-transition": (
-        ["--memory", 4, "--learning-starts", 4, "--batch-size", 4],
-        "--memory must hold at least 5 frames",
+    "memory-below-two-states": (
+        ["--memory", 7, "--learning-starts", 4, "--batch-size", 4],
+        "--memory must be at least 8 with --input stack",
     ),
     "play-with-a-training-flag": (
         ["--play", 2, "--steps", 100],
@@ -924,17 +924,10 @@ def test_read_q_checkpoint_refuses_a_checkpoint_damaged_inside_saying_what_is_wr
     assert str(refused.value).startswith(str(path)) and message in str(refused.value)
 
 
-# --- Bugs found: the settings a resume keeps are not checked against each other -------------
+# --- The settings a resume keeps are checked against each other -----------------------------
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_args (dqn_atari_pong.py:1016-1019) checks --batch-size <= --learning-starts "
-    "<= --memory against the defaults of the flags not given, before kept_settings (line 668) "
-    "puts the checkpoint's values in their place: --resume --memory 1000 is refused because "
-    "the default --learning-starts is 50,000, although this run's is 500",
-)
 def test_a_resume_may_shrink_the_memory_to_no_less_than_its_own_learning_starts(
     first_episode_run, tmp_path
 ):
@@ -948,12 +941,6 @@ def test_a_resume_may_shrink_the_memory_to_no_less_than_its_own_learning_starts(
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_args (dqn_atari_pong.py:1018) compares --learning-starts with the default "
-    "--memory (100,000), not the checkpoint's (2,000), which kept_settings (line 668) restores "
-    "later, unchecked: the resumed run is accepted and would never update",
-)
 def test_a_resume_refuses_learning_starts_above_the_checkpoint_s_memory(
     first_episode_run, tmp_path
 ):
