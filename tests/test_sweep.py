@@ -638,32 +638,6 @@ def test_a_study_keeps_its_network_and_a_sweep_of_another_is_refused(
         optuna.delete_study(study_name=name, storage=storage)
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep's retry
-def test_a_trial_of_a_study_made_meanwhile_for_another_network_waits_untrained(
-    sweep_module, tmp_path
-):
-    """Two sweeps started at once: one makes the study, the other loads it before the
-    maker has written its network. That one's trial stops before it trains, and is queued
-    again with its setting, for a sweep of the study's network."""
-    url = f"sqlite:///{tmp_path / 'studies.db'}"
-    args = sweep_module.parse_args(["--network", "mlp", "--runs", str(tmp_path / "runs")])
-    storage = sweep_module.open_storage(url, must_exist=False)
-    made = optuna.create_study(study_name="pong", storage=storage, direction="maximize")
-    loaded = sweep_module.open_study(args, storage, sweep_module.script_setting())
-    made.set_user_attr("network", "cnn")  # the maker's write, just too late for the check above
-    current = {}
-    objective = sweep_module.make_objective(args, lambda: False, current)
-    with pytest.raises(sweep_module.SweepError, match="trains --network cnn, this command has"):
-        loaded.optimize(objective, n_trials=1)
-    assert sweep_module.retry_later(
-        loaded, current, optuna.storages.RetryHeartbeatStaleTrialCallback()
-    )
-    failed, queued = loaded.get_trials()
-    assert failed.state == optuna.trial.TrialState.FAIL
-    assert queued.state == optuna.trial.TrialState.WAITING and queued.params == failed.params
-    assert not (tmp_path / "runs").exists()
-
-
 def test_an_old_study_without_a_network_counts_as_mlp(study_file):
     result = run_sweep(["--network", "cnn", "--trials", 1], study_file, timeout=120)
     assert_one_line_error(result)
