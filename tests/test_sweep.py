@@ -3,6 +3,7 @@ real PostgreSQL server where one is given), real runs of the script on the
 real Pong-v0, real signals. Each trial is kept tiny: a few episodes of a
 network with 8 hidden units, one update per episode."""
 
+import collections
 import datetime
 import importlib.util
 import os
@@ -788,3 +789,201 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
             )
         except KeyError:
             pass
+
+
+# --- Many sweeps released at once on a fresh database -------------------------------
+
+SWARM = 4  # sweeps released at the same instant
+# A sweep as its command line runs it, but stopped at a barrier once its slow imports are
+# done: it says so on the `ready` pipe and waits for a byte on the `go` pipe, which the test
+# writes for all at once, so that they reach the database together.
+SWARM_SWEEP = """
+import os
+import runpy
+import sys
+
+ready, go = int(sys.argv[1]), int(sys.argv[2])
+sys.argv = sys.argv[3:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+import optuna  # sweep.py's slow imports, before the barrier
+import sqlalchemy
+import tutorial_atari_pong
+os.write(ready, b"r")
+os.close(ready)
+if os.read(go, 1) != b"g":
+    sys.exit("the test stopped before the release")
+os.close(go)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+MID_TRIAL = re.compile(r"^trial (\d+) episode 2:", re.M)
+
+
+def optuna_url(url):
+    """The URL as Optuna takes it here: psycopg2 for PostgreSQL, as sweep.py does."""
+    return re.sub(r"^postgresql://", "postgresql+psycopg2://", url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_storage(request, tmp_path):
+    """A database no sweep has touched: a new SQLite file, or a new schema of the
+    PostgreSQL database (tables and types of its own), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+        return
+    import psycopg2
+    import sqlalchemy
+
+    url = postgres_or_skip()
+    schema = f"swarm_{uuid.uuid4().hex[:8]}"
+    server = psycopg2.connect(url, connect_timeout=10)
+    server.autocommit = True
+    server.cursor().execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield (
+            sqlalchemy.engine.make_url(url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        server.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        server.close()
+
+
+@pytest.fixture
+def swarm():
+    """release(args, cwd, logs): one sweep a log, all released at once; those still running
+    at the end of the test are killed with all they started."""
+    workers = []
+
+    def release(args, cwd, logs):
+        ready_read, ready_write = os.pipe()
+        go_read, go_write = os.pipe()
+        released = []
+        try:
+            for log in logs:
+                with open(log, "w") as out:
+                    command = [sys.executable, "-c", SWARM_SWEEP, str(ready_write), str(go_read)]
+                    released.append(
+                        subprocess.Popen(
+                            [*command, str(SWEEP), *[str(a) for a in args]],
+                            cwd=cwd,
+                            env=script_env(),
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(ready_write, go_read),
+                        )
+                    )
+        finally:
+            workers.extend(released)
+            os.close(ready_write)
+            os.close(go_read)
+        try:
+            # Each closes its end once ready: a sweep that dies before is an end of file here.
+            ready = b""
+            while len(ready) < len(logs):
+                got = os.read(ready_read, len(logs))
+                assert got, "a sweep ended before the barrier:\n" + everything(logs)
+                ready += got
+            os.write(go_write, b"g" * len(logs))
+        finally:
+            os.close(ready_read)
+            os.close(go_write)
+        return released
+
+    yield release
+    for worker in workers:
+        if worker.poll() is None:
+            started = descendants(worker.pid)
+            worker.kill()
+            worker.wait()
+            left_after(started, seconds=0)
+
+
+def everything(logs):
+    return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in logs)
+
+
+def finished_swarm(workers, logs):
+    """Each sweep's exit status and the trials it started, once all have ended."""
+    return [worker.wait(timeout=900) for worker in workers], [
+        trial_lines(log.read_text()) for log in logs
+    ]
+
+
+def assert_report_reads(url, cwd, complete):
+    report = run_sweep(["--report", "--storage", url], cwd, timeout=120)
+    assert report.returncode == 0, report.describe()
+    assert report.lines[-1].startswith(
+        f"study total: {complete} finished trials ({complete} complete, 0 pruned)"
+    ), report.describe()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("round_number", range(1, 6))
+def test_sweeps_released_at_once_on_a_fresh_database_each_train_their_own_trials(
+    fresh_storage, swarm, tmp_path, round_number
+):
+    """Four sweeps reach a database without tables at the same instant (five rounds: before
+    the study's lock, most rounds lost three of the four to 'table ... already exists')."""
+    args = ["--trials", SWARM, "--episodes", 2, "--seeds", 1, "--save-every", 2]
+    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
+    workers = swarm([*args, "--storage", fresh_storage, *TINY], tmp_path, logs)
+    codes, started = finished_swarm(workers, logs)
+    assert codes == [0] * SWARM, everything(logs)
+    assert all(started), "every sweep trained a trial\n" + everything(logs)
+    assert sorted(sum(started, [])) == list(range(SWARM)), (
+        "each trial trained once, and no more than --trials\n" + everything(logs)
+    )
+    assert everything(logs).count("new study pong (--network mlp)") == 1, everything(logs)
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    assert [(t.number, t.state) for t in study.get_trials()] == [
+        (n, optuna.trial.TrialState.COMPLETE) for n in range(SWARM)
+    ]
+    assert study.user_attrs["episodes"] == 2 and study.user_attrs["network"] == "mlp"
+    assert_report_reads(fresh_storage, tmp_path, SWARM)
+
+
+@pytest.mark.e2e
+def test_a_sweep_killed_mid_trial_in_a_swarm_leaves_its_trial_to_the_others(
+    fresh_storage, swarm, tmp_path
+):
+    """kill -9 of one of four sweeps at its trial's first report: the three others
+    go on, and once the trial's heartbeat is --grace-period old one of them retries it
+    in its folder, resuming its run, to the end."""
+    trials, episodes = 6, 12
+    args = ["--trials", trials, "--episodes", episodes, "--seeds", 1, "--save-every", 2]
+    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
+    workers = swarm(
+        [*args, "--grace-period", 10, "--storage", fresh_storage, *TINY], tmp_path, logs
+    )
+    wait_until(
+        lambda: any(MID_TRIAL.search(log.read_text()) for log in logs), "a trial's first report"
+    )
+    victim = next(n for n, log in enumerate(logs) if MID_TRIAL.search(log.read_text()))
+    killed_trial = int(MID_TRIAL.search(logs[victim].read_text())[1])
+    runs = descendants(workers[victim].pid)
+    workers[victim].kill()
+    assert left_after(runs, seconds=15) == [], "the killed sweep's run ends"
+    codes, started = finished_swarm(workers, logs)
+    assert codes == [0 if n != victim else -signal.SIGKILL for n in range(SWARM)], everything(logs)
+    assert f"trial {killed_trial} complete" not in logs[victim].read_text()
+    assert sorted(sum(started, [])) == list(range(trials + 1)), everything(logs)
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    states = collections.Counter(t.state for t in study.get_trials())
+    assert states == {
+        optuna.trial.TrialState.COMPLETE: trials,
+        optuna.trial.TrialState.FAIL: 1,
+    }, everything(logs)
+    assert study.trials[killed_trial].state == optuna.trial.TrialState.FAIL
+    (retried,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed_trial]
+    assert retried.state == optuna.trial.TrialState.COMPLETE
+    folder = tmp_path / "runs" / "pong" / f"trial-{killed_trial:04d}"
+    assert retried.user_attrs["folder"] == folder.name
+    taken_over = re.compile(
+        rf"^trial {retried.number}: .* \(trial {killed_trial} tried again\)$", re.M
+    )
+    survivors = [log for n, log in enumerate(logs) if n != victim]
+    assert any(taken_over.search(log.read_text()) for log in survivors), everything(logs)
+    assert retried.value == pytest.approx(expected_objective(folder, episodes, 1))
+    assert "resumed from" in (folder / "seed-1" / "train.log").read_text()
+    assert_report_reads(fresh_storage, tmp_path, trials)
