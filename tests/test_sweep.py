@@ -987,3 +987,35 @@ def test_a_sweep_killed_mid_trial_in_a_swarm_leaves_its_trial_to_the_others(
     assert retried.value == pytest.approx(expected_objective(folder, episodes, 1))
     assert "resumed from" in (folder / "seed-1" / "train.log").read_text()
     assert_report_reads(fresh_storage, tmp_path, trials)
+
+
+def test_a_sweep_kept_from_the_study_lock_stops_with_one_line_and_touches_nothing(
+    sweep_module, fresh_storage, tmp_path
+):
+    """The lock held here (as a hung sweep would hold it), the sweep's wait cut to a
+    second in a copy of it: one line, exit 2, no table made."""
+    import sqlalchemy
+
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    line = "LOCK_WAIT_SECONDS = 300"
+    source = SWEEP.read_text()
+    assert line in source
+    (edited / "sweep.py").write_text(source.replace(line, "LOCK_WAIT_SECONDS = 1"))
+    (edited / "tutorial_atari_pong.py").symlink_to(REPO / "tutorial_atari_pong.py")
+    with sweep_module.StudyLock(fresh_storage):
+        result = run_sweep(
+            ["--trials", 1, "--episodes", 2, "--seeds", 1, "--storage", fresh_storage, *TINY],
+            tmp_path,
+            sweep=edited / "sweep.py",
+        )
+    assert_one_line_error(result)
+    assert re.fullmatch(
+        r"sweep\.py: error: another sweep has held \S+, the lock of the study database "
+        r"\S+, for 1 s: is one stopped \(Ctrl-Z\) or hung\?\n",
+        result.stderr,
+    ), result.stderr
+    assert ":sweep@" not in result.stderr, "the password hidden"
+    engine = sqlalchemy.create_engine(optuna_url(fresh_storage))
+    assert sqlalchemy.inspect(engine).get_table_names() == []
+    engine.dispose()
