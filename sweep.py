@@ -301,35 +301,37 @@ def cannot_open(url, error):
     return SweepError(f"cannot open the study database {hide_password(url)}: {reason[:300]}")
 
 
+def study_lock(url):
+    """The lock of the database at url that every sweep sees: flock on the file DB.lock
+    beside an SQLite file, or a PostgreSQL advisory lock. Under it one sweep at a time
+    creates the tables and the study, checks and writes its settings, enqueues, and counts
+    the trials before it starts one; so any number of sweeps may start at once. Other
+    databases (MySQL) get none: there, start one sweep first."""
+    url, parsed, engine_kwargs = engine_settings(url, must_exist=False)
+    if sqlite_file(parsed) and fcntl is not None:
+        return FileLock(url, f"{parsed.database}.lock")
+    if parsed.get_backend_name() == "postgresql":
+        return AdvisoryLock(url, engine_kwargs)
+    return StudyLock(url, None)
+
+
 class StudyLock:
-    """A lock that every sweep on the database sees: flock on the file DB.lock
-    beside an SQLite file, or a PostgreSQL advisory lock. Under it one sweep at a
-    time creates the tables and the study, checks and writes its settings,
-    enqueues, and counts the trials before it starts one; so any number of
-    sweeps may start at once. Other databases (MySQL) have none: there, start
-    one sweep first. It goes with its sweep, however the sweep dies: the
-    kernel closes the file, the server the session."""
+    """A lock that the sweep takes and gives back as often as it wants; a hung holder,
+    past LOCK_WAIT_SECONDS, is one line. It goes with its sweep, however the sweep dies:
+    the kernel closes the file, the server the session. This one, of other databases,
+    locks nothing."""
 
-    def __init__(self, url):
-        import sqlalchemy
+    def __init__(self, url, name):
+        self.url, self.name, self.held = url, name, None
 
-        url, parsed, engine_kwargs = engine_settings(url, must_exist=False)
-        self.url, self.held, self.engine = url, None, None
-        if sqlite_file(parsed) and fcntl is not None:
-            self.name = f"{parsed.database}.lock"
-        elif parsed.get_backend_name() == "postgresql":
-            self.name = f"pg_advisory_lock({POSTGRES_LOCK_KEY})"
-            try:  # one connection while held, none kept between
-                self.engine = sqlalchemy.create_engine(
-                    url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs
-                )
-            except ImportError as error:
-                raise cannot_open(url, error) from None
-        else:
-            self.name = None
+    def open_handle(self):
+        return None
+
+    def try_lock(self, handle):
+        return True
 
     def acquire(self):
-        if self.name is None or self.held is not None:
+        if self.held is not None:
             return
         handle = self.open_handle()
         try:
@@ -343,7 +345,8 @@ class StudyLock:
                     )
                 time.sleep(LOCK_POLL_SECONDS)
         except BaseException:
-            handle.close()
+            if handle is not None:
+                handle.close()
             raise
         self.held = handle
 
@@ -352,7 +355,7 @@ class StudyLock:
         after every try."""
         if self.held is not None:
             self.held.close()  # with it go the file's flock, the session's advisory lock
-            self.held = None
+        self.held = None
 
     def __enter__(self):
         self.acquire()
@@ -361,24 +364,41 @@ class StudyLock:
     def __exit__(self, *exc_info):
         self.release()
 
+
+class FileLock(StudyLock):
     def open_handle(self):
-        if self.engine is None:
-            try:
-                return open(self.name, "a")
-            except OSError as error:
-                raise cannot_open(self.url, f"its lock {self.name}: {error.strerror}") from None
+        try:
+            return open(self.name, "a")
+        except OSError as error:
+            raise cannot_open(self.url, f"its lock {self.name}: {error.strerror}") from None
+
+    def try_lock(self, handle):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+class AdvisoryLock(StudyLock):
+    def __init__(self, url, engine_kwargs):
+        import sqlalchemy
+
+        super().__init__(url, f"pg_advisory_lock({POSTGRES_LOCK_KEY})")
+        try:  # a connection while it is held, none kept between
+            self.engine = sqlalchemy.create_engine(
+                url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs
+            )
+        except ImportError as error:
+            raise cannot_open(url, error) from None
+
+    def open_handle(self):
         try:
             return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except Exception as error:  # refused, unknown host, bad password
             raise cannot_open(self.url, error) from None
 
     def try_lock(self, handle):
-        if self.engine is None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
         import sqlalchemy
 
         try:
@@ -774,19 +794,19 @@ def sweep(args):
         parse_setting(text, defaults)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     url = storage_url(args)
-    study_lock = StudyLock(url)
-    with study_lock:
+    lock = study_lock(url)
+    with lock:
         storage = open_storage(url, must_exist=False, grace_seconds=args.grace_period, retry=retry)
         optuna_study = open_study(args, storage, defaults)
     optuna_study.pruner = make_pruner(args)
     stop_requested = catch_stop_signals()
     current = {}
-    objective = make_objective(args, stop_requested, current, started=study_lock.release)
+    objective = make_objective(args, stop_requested, current, started=lock.release)
     waiting_said = False
     while not stop_requested():
         # Held from the count until this sweep's trial runs: two sweeps that count
         # at once would both start the study's last trial.
-        study_lock.acquire()
+        lock.acquire()
         try:
             # A dead sweep's trial goes back into the queue.
             optuna.storages.fail_stale_trials(optuna_study)
@@ -798,7 +818,7 @@ def sweep(args):
                 )
                 return 0
             if finished + running >= args.trials and not queued:
-                study_lock.release()
+                lock.release()
                 waiting_said = wait_for_others(running, args.trials, waiting_said)
                 continue
             current.clear()
@@ -809,7 +829,7 @@ def sweep(args):
             retry_later(optuna_study, current, retry)
             raise error
         finally:
-            study_lock.release()
+            lock.release()
     if retry_later(optuna_study, current, retry):
         print(
             f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the "

@@ -1002,7 +1002,7 @@ def test_a_sweep_kept_from_the_study_lock_stops_with_one_line_and_touches_nothin
     assert line in source
     (edited / "sweep.py").write_text(source.replace(line, "LOCK_WAIT_SECONDS = 1"))
     (edited / "tutorial_atari_pong.py").symlink_to(REPO / "tutorial_atari_pong.py")
-    with sweep_module.StudyLock(fresh_storage):
+    with sweep_module.study_lock(fresh_storage):
         result = run_sweep(
             ["--trials", 1, "--episodes", 2, "--seeds", 1, "--storage", fresh_storage, *TINY],
             tmp_path,
