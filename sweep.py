@@ -433,16 +433,9 @@ def open_study(args, storage, defaults):
         optuna_study = optuna.load_study(study_name=args.study, storage=storage)
         check_network(optuna_study, args)
         created = False
-    wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
-    kept = {
-        name: optuna_study.user_attrs[name] for name in wanted if name in optuna_study.user_attrs
-    }
-    if kept and kept != wanted and optuna_study.get_trials(deepcopy=False, states=FINISHED):
-        raise SweepError(
-            f"study {args.study} trains with {command_line(kept)}; this command has "
-            f"{command_line(wanted)}: give the same, or a new --study"
-        )
-    for name, value in wanted.items():
+    trained = optuna_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    check_settings(optuna_study, args, trained=bool(trained))
+    for name, value in run_settings(args).items():
         optuna_study.set_user_attr(name, value)
     if created:
         tutorial = dict(defaults)
@@ -455,6 +448,24 @@ def open_study(args, storage, defaults):
     for text in args.enqueue:
         optuna_study.enqueue_trial(parse_setting(text, defaults), skip_if_exists=True)
     return optuna_study
+
+
+def run_settings(args):
+    return {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
+
+
+def check_settings(optuna_study, args, trained):
+    """The episodes, seeds and run flags kept in the study, if it has trials trained or
+    training with them, are the only ones it takes: trials are compared only if trained
+    alike."""
+    wanted = run_settings(args)
+    attrs = optuna_study.user_attrs
+    kept = {name: attrs[name] for name in wanted if name in attrs}
+    if kept and kept != wanted and trained:
+        raise SweepError(
+            f"study {args.study} trains with {command_line(kept)}; this command has "
+            f"{command_line(wanted)}: give the same, or a new --study"
+        )
 
 
 def study_network(user_attrs):
@@ -822,6 +833,8 @@ def sweep(args):
                 waiting_said = wait_for_others(running, args.trials, waiting_said)
                 continue
             current.clear()
+            # A sweep started at once with other flags may have written its own since.
+            check_settings(optuna_study, args, trained=True)
             optuna_study.optimize(objective, n_trials=1)
         except Stopped:
             break

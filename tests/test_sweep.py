@@ -850,16 +850,16 @@ def fresh_storage(request, tmp_path):
 
 @pytest.fixture
 def swarm():
-    """release(args, cwd, logs): one sweep a log, all released at once; those still running
-    at the end of the test are killed with all they started."""
+    """release(cwd, sweeps): a sweep for each (log, its flags), all released at once; those
+    still running at the end of the test are killed with all they started."""
     workers = []
 
-    def release(args, cwd, logs):
+    def release(cwd, sweeps):
         ready_read, ready_write = os.pipe()
         go_read, go_write = os.pipe()
         released = []
         try:
-            for log in logs:
+            for log, args in sweeps:
                 with open(log, "w") as out:
                     command = [sys.executable, "-c", SWARM_SWEEP, str(ready_write), str(go_read)]
                     released.append(
@@ -879,11 +879,13 @@ def swarm():
         try:
             # Each closes its end once ready: a sweep that dies before is an end of file here.
             ready = b""
-            while len(ready) < len(logs):
-                got = os.read(ready_read, len(logs))
-                assert got, "a sweep ended before the barrier:\n" + everything(logs)
+            while len(ready) < len(sweeps):
+                got = os.read(ready_read, len(sweeps))
+                assert got, "a sweep ended before the barrier:\n" + everything(
+                    [log for log, _ in sweeps]
+                )
                 ready += got
-            os.write(go_write, b"g" * len(logs))
+            os.write(go_write, b"g" * len(sweeps))
         finally:
             os.close(ready_read)
             os.close(go_write)
@@ -922,11 +924,14 @@ def assert_report_reads(url, cwd, complete):
 def test_sweeps_released_at_once_on_a_fresh_database_each_train_their_own_trials(
     fresh_storage, swarm, tmp_path, round_number
 ):
-    """Four sweeps reach a database without tables at the same instant (five rounds: before
-    the study's lock, most rounds lost three of the four to 'table ... already exists')."""
+    """Four sweeps, each asked to queue one setting, reach a database without tables at
+    the same instant (five rounds: without the study's lock, four rounds of five lost one
+    to three of the four to 'table ... already exists')."""
     args = ["--trials", SWARM, "--episodes", 2, "--seeds", 1, "--save-every", 2]
+    setting = ",".join(f"{name}={value}" for name, value in ENQUEUED.items())
     logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
-    workers = swarm([*args, "--storage", fresh_storage, *TINY], tmp_path, logs)
+    args = [*args, "--enqueue", setting, "--storage", fresh_storage, *TINY]
+    workers = swarm(tmp_path, [(log, args) for log in logs])
     codes, started = finished_swarm(workers, logs)
     assert codes == [0] * SWARM, everything(logs)
     assert all(started), "every sweep trained a trial\n" + everything(logs)
@@ -939,7 +944,34 @@ def test_sweeps_released_at_once_on_a_fresh_database_each_train_their_own_trials
         (n, optuna.trial.TrialState.COMPLETE) for n in range(SWARM)
     ]
     assert study.user_attrs["episodes"] == 2 and study.user_attrs["network"] == "mlp"
+    assert [t.params for t in study.trials].count(ENQUEUED) == 1, "queued by one sweep only"
     assert_report_reads(fresh_storage, tmp_path, SWARM)
+
+
+@pytest.mark.e2e
+def test_two_sweeps_released_at_once_with_other_episodes_one_trains_the_other_refuses(
+    fresh_storage, swarm, tmp_path
+):
+    """The study keeps one sweep's episodes: the sweep whose episodes it keeps trains,
+    the other stops with one line before it trains anything, whichever wrote first."""
+    logs = {episodes: tmp_path / f"episodes-{episodes}.log" for episodes in (2, 3)}
+    common = ["--trials", 1, "--seeds", 1, "--save-every", 2, "--storage", fresh_storage, *TINY]
+    workers = swarm(tmp_path, [(log, ["--episodes", e, *common]) for e, log in logs.items()])
+    codes, started = finished_swarm(workers, logs.values())
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    kept = study.user_attrs["episodes"]
+    refused = 3 if kept == 2 else 2
+    assert dict(zip(logs, codes, strict=True)) == {kept: 0, refused: 2}, everything(logs.values())
+    assert dict(zip(logs, started, strict=True)) == {kept: [0], refused: []}
+    assert logs[refused].read_text().splitlines()[-1] == (
+        f"sweep.py: error: study pong trains with --episodes {kept} --seeds 1 -- "
+        f"--batch-size 1 --hidden 8; this command has --episodes {refused} --seeds 1 -- "
+        "--batch-size 1 --hidden 8: give the same, or a new --study"
+    )
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["episodes"] == kept
+    assert len(read_progress(tmp_path / "runs" / "pong" / "trial-0000" / "seed-1")) == kept
 
 
 @pytest.mark.e2e
@@ -952,9 +984,8 @@ def test_a_sweep_killed_mid_trial_in_a_swarm_leaves_its_trial_to_the_others(
     trials, episodes = 6, 12
     args = ["--trials", trials, "--episodes", episodes, "--seeds", 1, "--save-every", 2]
     logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
-    workers = swarm(
-        [*args, "--grace-period", 10, "--storage", fresh_storage, *TINY], tmp_path, logs
-    )
+    args = [*args, "--grace-period", 10, "--storage", fresh_storage, *TINY]
+    workers = swarm(tmp_path, [(log, args) for log in logs])
     wait_until(
         lambda: any(MID_TRIAL.search(log.read_text()) for log in logs), "a trial's first report"
     )
