@@ -927,10 +927,10 @@ def test_sweeps_released_at_once_on_a_fresh_database_each_train_their_own_trials
     """Four sweeps, each asked to queue one setting, reach a database without tables at
     the same instant (five rounds: without the study's lock, four rounds of five lost one
     to three of the four to 'table ... already exists')."""
-    args = ["--trials", SWARM, "--episodes", 2, "--seeds", 1, "--save-every", 2]
     setting = ",".join(f"{name}={value}" for name, value in ENQUEUED.items())
+    args = ["--trials", SWARM, "--episodes", 2, "--seeds", 1, "--save-every", 2, "--enqueue"]
+    args = [*args, setting, "--storage", fresh_storage, *TINY]
     logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
-    args = [*args, "--enqueue", setting, "--storage", fresh_storage, *TINY]
     workers = swarm(tmp_path, [(log, args) for log in logs])
     codes, started = finished_swarm(workers, logs)
     assert codes == [0] * SWARM, everything(logs)
@@ -983,8 +983,8 @@ def test_a_sweep_killed_mid_trial_in_a_swarm_leaves_its_trial_to_the_others(
     in its folder, resuming its run, to the end."""
     trials, episodes = 6, 12
     args = ["--trials", trials, "--episodes", episodes, "--seeds", 1, "--save-every", 2]
-    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
     args = [*args, "--grace-period", 10, "--storage", fresh_storage, *TINY]
+    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
     workers = swarm(tmp_path, [(log, args) for log in logs])
     wait_until(
         lambda: any(MID_TRIAL.search(log.read_text()) for log in logs), "a trial's first report"
