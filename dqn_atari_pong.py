@@ -787,6 +787,7 @@ def train(args, given):
     try:
         if arrays is not None:
             kept_settings(arrays, args, given)
+            check_settings(args)
             if arrays["state/steps"] >= args.steps:
                 print(f"{path} is at step {int(arrays['state/steps'])}: --steps {args.steps} done")
                 return
@@ -996,6 +997,18 @@ TRAINING_FLAGS = {"render", "resume", "restart", "game", "seed", "model_dir", "m
 TRAINING_FLAGS |= {"init", "save_every", *SETTINGS}
 
 
+def check_settings(args):
+    """The settings that only go together: one line if they do not."""
+    if args.batch_size > args.learning_starts:
+        pong.fail("--learning-starts must be at least --batch-size (see --help)")
+    if args.learning_starts > args.memory:
+        pong.fail("--learning-starts must be at most --memory: updates would never start")
+    if args.memory < 2 * INPUTS[args.input][0]:  # room for whole states to sample once it wraps
+        pong.fail(
+            f"--memory must be at least {2 * INPUTS[args.input][0]} with --input {args.input}"
+        )
+
+
 def parse_args(argv=None):
     """The flags, checked; returns them and the names of those the command line gave."""
     parser = make_parser()
@@ -1017,12 +1030,8 @@ def parse_args(argv=None):
             parser.error(f"{pong.flag_name(name)} does nothing without --record")
     if args.play and "game" not in given:
         args.game = None  # the checkpoint's own
-    if not args.play and args.batch_size > args.learning_starts:
-        parser.error("--learning-starts must be at least --batch-size")
-    if not args.play and args.learning_starts > args.memory:
-        parser.error("--learning-starts must be at most --memory (updates would never start)")
-    if args.memory < INPUTS[args.input][0] + 1:
-        parser.error(f"--memory must hold at least {INPUTS[args.input][0] + 1} frames")
+    if not args.play and not args.resume:  # a resume checks them once its settings are known
+        check_settings(args)
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if args.render and sys.platform.startswith("linux") and not has_display:
         pong.fail("--render needs a display, and none is set (DISPLAY is empty)")

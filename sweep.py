@@ -35,6 +35,11 @@ import warnings
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, as the script has none there
+    fcntl = None
+
 try:  # the script beside this file: its defaults, and how it reads its progress.csv
     import tutorial_atari_pong as pong
 except ImportError as error:
@@ -92,6 +97,10 @@ STOP_SECONDS = 120  # a run asked to stop saves within seconds; past this it is 
 OLD_STUDY_NETWORK = "mlp"
 POLL_SECONDS = 1  # how often the runs' progress.csv files are read
 WAIT_SECONDS = 5  # how often a sweep with nothing to train looks at the study again
+LOCK_WAIT_SECONDS = 300  # another sweep holds the study's lock for a moment; past this it is hung
+LOCK_POLL_SECONDS = 0.05
+# The advisory lock's key: any fixed number, the same in every sweep ("pongswep").
+POSTGRES_LOCK_KEY = int.from_bytes(b"pongswep", "big")
 OBJECTIVE = (
     "the mean episode reward over the last tenth of the E episodes (reward: points won minus "
     "points lost, -21 to +21), averaged over the seeds"
@@ -228,8 +237,9 @@ def storage_url(args):
     return args.storage or f"sqlite:///{os.path.join(args.runs, 'studies.db')}"
 
 
-def open_storage(url, must_exist, grace_seconds=None, retry=None):
-    """Optuna's RDB storage on url; any failure to reach it is one line."""
+def engine_settings(url, must_exist):
+    """The URL as SQLAlchemy takes it here, its parsed form and the engine's
+    settings; an SQLite file's folder made. A bad URL is one line."""
     import sqlalchemy
 
     try:
@@ -242,16 +252,29 @@ def open_storage(url, must_exist, grace_seconds=None, retry=None):
         url = parsed.render_as_string(hide_password=False)
     engine_kwargs = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
-        # Two sweeps on one file wait for each other's writes.
-        engine_kwargs["connect_args"] = {"timeout": 60}
-        if parsed.database and parsed.database != ":memory:":
+        # Sweeps on one file wait for each other's writes. The driver leaves
+        # transactions to SQLAlchemy, which begins each immediately (open_storage).
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
+        if sqlite_file(parsed):
             if must_exist and not os.path.exists(parsed.database):
                 raise SweepError(f"no study database at {parsed.database} (--storage, --runs)")
             os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    return url, parsed, engine_kwargs
+
+
+def sqlite_file(parsed):
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+
+
+def open_storage(url, must_exist, grace_seconds=None, retry=None):
+    """Optuna's RDB storage on url; any failure to reach it is one line."""
+    import sqlalchemy
+
+    url, parsed, engine_kwargs = engine_settings(url, must_exist)
     try:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             grace_period=grace_seconds,
@@ -259,10 +282,131 @@ def open_storage(url, must_exist, grace_seconds=None, retry=None):
             heartbeat_stale_trial_callback=retry,
         )
     except Exception as error:  # a missing driver, a refused connection, a file that is no database
-        reason = " ".join(str(error).split())
-        raise SweepError(
-            f"cannot open the study database {hide_password(url)}: {reason[:300]}"
-        ) from None
+        raise cannot_open(url, error) from None
+    if parsed.get_backend_name() == "sqlite":
+        # Optuna reads a trial's state, then writes it: a queued trial taken, a dead
+        # sweep's trial failed. In a deferred transaction two sweeps both read "waiting"
+        # and both train the trial; an immediate one holds the file's write lock from
+        # its first read, as PostgreSQL's SELECT ... FOR UPDATE holds the row.
+        sqlalchemy.event.listen(
+            storage.engine,
+            "begin",
+            lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"),
+        )
+    return storage
+
+
+def cannot_open(url, error):
+    reason = " ".join(str(error).split())
+    return SweepError(f"cannot open the study database {hide_password(url)}: {reason[:300]}")
+
+
+def study_lock(url):
+    """The lock of the database at url that every sweep sees: flock on the file DB.lock
+    beside an SQLite file, or a PostgreSQL advisory lock. Under it one sweep at a time
+    creates the tables and the study, checks and writes its settings, enqueues, and counts
+    the trials before it starts one; so any number of sweeps may start at once. Other
+    databases (MySQL) get none: there, start one sweep first."""
+    url, parsed, engine_kwargs = engine_settings(url, must_exist=False)
+    if sqlite_file(parsed) and fcntl is not None:
+        return FileLock(url, f"{parsed.database}.lock")
+    if parsed.get_backend_name() == "postgresql":
+        return AdvisoryLock(url, engine_kwargs)
+    return StudyLock(url, None)
+
+
+class StudyLock:
+    """A lock that the sweep takes and gives back as often as it wants; a hung holder,
+    past LOCK_WAIT_SECONDS, is one line. It goes with its sweep, however the sweep dies:
+    the kernel closes the file, the server the session. This one, of other databases,
+    locks nothing."""
+
+    def __init__(self, url, name):
+        self.url, self.name, self.held = url, name, None
+
+    def open_handle(self):
+        return None
+
+    def try_lock(self, handle):
+        return True
+
+    def acquire(self):
+        if self.held is not None:
+            return
+        handle = self.open_handle()
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while not self.try_lock(handle):
+                if time.monotonic() > deadline:
+                    raise SweepError(
+                        f"another sweep has held {self.name}, the lock of the study database "
+                        f"{hide_password(self.url)}, for {LOCK_WAIT_SECONDS} s: is one stopped "
+                        "(Ctrl-Z) or hung?"
+                    )
+                time.sleep(LOCK_POLL_SECONDS)
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
+        self.held = handle
+
+    def release(self):
+        """As often as wanted: the objective releases it once its trial runs, the sweep
+        after every try."""
+        if self.held is not None:
+            self.held.close()  # with it go the file's flock, the session's advisory lock
+        self.held = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+class FileLock(StudyLock):
+    def open_handle(self):
+        try:
+            return open(self.name, "a")
+        except OSError as error:
+            raise cannot_open(self.url, f"its lock {self.name}: {error.strerror}") from None
+
+    def try_lock(self, handle):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+class AdvisoryLock(StudyLock):
+    def __init__(self, url, engine_kwargs):
+        import sqlalchemy
+
+        super().__init__(url, f"pg_advisory_lock({POSTGRES_LOCK_KEY})")
+        try:  # a connection while it is held, none kept between
+            self.engine = sqlalchemy.create_engine(
+                url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs
+            )
+        except ImportError as error:
+            raise cannot_open(url, error) from None
+
+    def open_handle(self):
+        try:
+            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as error:  # refused, unknown host, bad password
+            raise cannot_open(self.url, error) from None
+
+    def try_lock(self, handle):
+        import sqlalchemy
+
+        try:
+            return handle.execute(
+                sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": POSTGRES_LOCK_KEY}
+            ).scalar()
+        except sqlalchemy.exc.SQLAlchemyError as error:  # the server went away
+            raise cannot_open(self.url, error) from None
 
 
 def hide_password(url):
@@ -289,16 +433,9 @@ def open_study(args, storage, defaults):
         optuna_study = optuna.load_study(study_name=args.study, storage=storage)
         check_network(optuna_study, args)
         created = False
-    wanted = {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
-    kept = {
-        name: optuna_study.user_attrs[name] for name in wanted if name in optuna_study.user_attrs
-    }
-    if kept and kept != wanted and optuna_study.get_trials(deepcopy=False, states=FINISHED):
-        raise SweepError(
-            f"study {args.study} trains with {command_line(kept)}; this command has "
-            f"{command_line(wanted)}: give the same, or a new --study"
-        )
-    for name, value in wanted.items():
+    trained = optuna_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    check_settings(optuna_study, args, trained=bool(trained))
+    for name, value in run_settings(args).items():
         optuna_study.set_user_attr(name, value)
     if created:
         tutorial = dict(defaults)
@@ -311,6 +448,24 @@ def open_study(args, storage, defaults):
     for text in args.enqueue:
         optuna_study.enqueue_trial(parse_setting(text, defaults), skip_if_exists=True)
     return optuna_study
+
+
+def run_settings(args):
+    return {"episodes": args.episodes, "seeds": args.seeds, "run_flags": args.run_flags}
+
+
+def check_settings(optuna_study, args, trained):
+    """The episodes, seeds and run flags kept in the study, if it has trials trained or
+    training with them, are the only ones it takes: trials are compared only if trained
+    alike."""
+    wanted = run_settings(args)
+    attrs = optuna_study.user_attrs
+    kept = {name: attrs[name] for name in wanted if name in attrs}
+    if kept and kept != wanted and trained:
+        raise SweepError(
+            f"study {args.study} trains with {command_line(kept)}; this command has "
+            f"{command_line(wanted)}: give the same, or a new --study"
+        )
 
 
 def study_network(user_attrs):
@@ -369,9 +524,7 @@ def checkpoint_episode(folder):
 
 def folder_locked_by(folder):
     """The pid in folder/.lock if a training run holds it (the script's own lock), else None."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the script has no lock either
+    if fcntl is None:
         return None
     path = folder / ".lock"
     if not path.exists():
@@ -492,7 +645,8 @@ def trial_folder(args, trial):
     return pathlib.Path(args.runs) / args.study / trial.user_attrs["folder"]
 
 
-def make_objective(args, stop_requested, current):
+def make_objective(args, stop_requested, current, started):
+    """The trial's runs to their end; started() is called once the trial runs."""
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -500,12 +654,10 @@ def make_objective(args, stop_requested, current):
 
     def objective(trial):
         current["trial"] = trial
+        started()
         if stop_requested():  # Ctrl-C came while Optuna handed out this trial
             raise Stopped()
         setting = suggest(trial)
-        # A sweep that loaded the study as another was creating it saw no network yet:
-        # its trial goes back into the queue, untrained (after suggest: with its setting).
-        check_network(trial.study, args)
         folder = trial_folder(args, trial)
         trial.set_user_attr("host", socket.gethostname())
         announce(trial, setting, folder, args.seeds)
@@ -652,43 +804,45 @@ def sweep(args):
     for text in args.enqueue:
         parse_setting(text, defaults)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
-    storage = open_storage(
-        storage_url(args), must_exist=False, grace_seconds=args.grace_period, retry=retry
-    )
-    optuna_study = open_study(args, storage, defaults)
+    url = storage_url(args)
+    lock = study_lock(url)
+    with lock:
+        storage = open_storage(url, must_exist=False, grace_seconds=args.grace_period, retry=retry)
+        optuna_study = open_study(args, storage, defaults)
     optuna_study.pruner = make_pruner(args)
     stop_requested = catch_stop_signals()
     current = {}
-    objective = make_objective(args, stop_requested, current)
+    objective = make_objective(args, stop_requested, current, started=lock.release)
     waiting_said = False
     while not stop_requested():
-        # A dead sweep's trial goes back into the queue.
-        optuna.storages.fail_stale_trials(optuna_study)
-        finished, running, queued = trial_counts(optuna_study)
-        if finished >= args.trials:
-            print(
-                f"study {args.study} holds {finished} finished trials "
-                f"(--trials {args.trials}): done"
-            )
-            return 0
-        if finished + running >= args.trials and not queued:
-            if not waiting_said:
-                print(
-                    f"{running} trials are running elsewhere, enough for --trials {args.trials}: "
-                    "waiting for them (a trial whose sweep has died is taken over here)",
-                    flush=True,
-                )
-                waiting_said = True
-            time.sleep(WAIT_SECONDS)
-            continue
-        current.clear()
+        # Held from the count until this sweep's trial runs: two sweeps that count
+        # at once would both start the study's last trial.
+        lock.acquire()
         try:
+            # A dead sweep's trial goes back into the queue.
+            optuna.storages.fail_stale_trials(optuna_study)
+            finished, running, queued = trial_counts(optuna_study)
+            if finished >= args.trials:
+                print(
+                    f"study {args.study} holds {finished} finished trials "
+                    f"(--trials {args.trials}): done"
+                )
+                return 0
+            if finished + running >= args.trials and not queued:
+                lock.release()
+                waiting_said = wait_for_others(running, args.trials, waiting_said)
+                continue
+            current.clear()
+            # A sweep started at once with other flags may have written its own since.
+            check_settings(optuna_study, args, trained=True)
             optuna_study.optimize(objective, n_trials=1)
         except Stopped:
             break
         except SweepError as error:
             retry_later(optuna_study, current, retry)
             raise error
+        finally:
+            lock.release()
     if retry_later(optuna_study, current, retry):
         print(
             f"stopped: trial {current['trial'].number}'s runs saved; it is queued again, and the "
@@ -697,6 +851,18 @@ def sweep(args):
     else:
         print("stopped between trials")
     return 0
+
+
+def wait_for_others(running, trials, waiting_said):
+    """A while, as the trials elsewhere are enough; says so once. Returns that it has."""
+    if not waiting_said:
+        print(
+            f"{running} trials are running elsewhere, enough for --trials {trials}: "
+            "waiting for them (a trial whose sweep has died is taken over here)",
+            flush=True,
+        )
+    time.sleep(WAIT_SECONDS)
+    return True
 
 
 def make_pruner(args):

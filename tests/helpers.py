@@ -20,6 +20,10 @@ SCRIPT = pathlib.Path(
     os.environ.get("PONG_SCRIPT", REPO / "tutorial_atari_pong.py")
 )  # override: mutation checks
 CHECKPOINT_NAME = "model_pong.npz"
+DQN_SCRIPT = pathlib.Path(
+    os.environ.get("DQN_SCRIPT", REPO / "dqn_atari_pong.py")
+)  # override: mutation checks
+DQN_CHECKPOINT_NAME = "dqn_pong.npz"
 
 POINT_RE = re.compile(
     r"^episode (\d+): game (\d+) took \d+\.\d{5}s, reward: (-?1\.000000)(  !!!!!!!!)?$"
@@ -105,9 +109,9 @@ def run_script(args, cwd, env=None, timeout=300, script=SCRIPT):
     return Result(args, done.returncode, done.stdout, done.stderr)
 
 
-def start_script(args, cwd, env=None):
+def start_script(args, cwd, env=None, script=SCRIPT):
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), *[str(a) for a in args]],
+        [sys.executable, str(script), *[str(a) for a in args]],
         cwd=cwd,
         env=env or script_env(),
         stdout=subprocess.PIPE,
@@ -120,8 +124,8 @@ class LiveRun:
     """The script running in the background; its stdout is read line by line
     as it comes, so a test can act at a chosen line."""
 
-    def __init__(self, args, cwd, env=None):
-        self.process = start_script(args, cwd, env)
+    def __init__(self, args, cwd, env=None, script=SCRIPT):
+        self.process = start_script(args, cwd, env, script)
         self.seen, self._lines = [], queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -3,6 +3,7 @@ real PostgreSQL server where one is given), real runs of the script on the
 real Pong-v0, real signals. Each trial is kept tiny: a few episodes of a
 network with 8 hidden units, one update per episode."""
 
+import collections
 import datetime
 import importlib.util
 import os
@@ -189,9 +190,8 @@ def test_two_sweeps_at_once_on_one_file_share_the_trials(tmp_path):
     assert not set(started_1) & set(started_2), "no trial trained by both"
     study = load(tmp_path)
     finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
-    # --trials counts the study's trials; two sweeps that start their last ones
-    # together may add one more.
-    assert len(finished) in (3, 4) and sorted(started_1 + started_2) == [t.number for t in finished]
+    # --trials counts the study's trials: one sweep at a time counts and starts one.
+    assert sorted(started_1 + started_2) == [t.number for t in finished] == [0, 1, 2]
     for t in finished:
         rows = read_progress(tmp_path / "runs" / "pong" / t.user_attrs["folder"] / "seed-1")
         assert [int(r["episode"]) for r in rows] == [0, 1]
@@ -638,32 +638,6 @@ def test_a_study_keeps_its_network_and_a_sweep_of_another_is_refused(
         optuna.delete_study(study_name=name, storage=storage)
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep's retry
-def test_a_trial_of_a_study_made_meanwhile_for_another_network_waits_untrained(
-    sweep_module, tmp_path
-):
-    """Two sweeps started at once: one makes the study, the other loads it before the
-    maker has written its network. That one's trial stops before it trains, and is queued
-    again with its setting, for a sweep of the study's network."""
-    url = f"sqlite:///{tmp_path / 'studies.db'}"
-    args = sweep_module.parse_args(["--network", "mlp", "--runs", str(tmp_path / "runs")])
-    storage = sweep_module.open_storage(url, must_exist=False)
-    made = optuna.create_study(study_name="pong", storage=storage, direction="maximize")
-    loaded = sweep_module.open_study(args, storage, sweep_module.script_setting())
-    made.set_user_attr("network", "cnn")  # the maker's write, just too late for the check above
-    current = {}
-    objective = sweep_module.make_objective(args, lambda: False, current)
-    with pytest.raises(sweep_module.SweepError, match="trains --network cnn, this command has"):
-        loaded.optimize(objective, n_trials=1)
-    assert sweep_module.retry_later(
-        loaded, current, optuna.storages.RetryHeartbeatStaleTrialCallback()
-    )
-    failed, queued = loaded.get_trials()
-    assert failed.state == optuna.trial.TrialState.FAIL
-    assert queued.state == optuna.trial.TrialState.WAITING and queued.params == failed.params
-    assert not (tmp_path / "runs").exists()
-
-
 def test_an_old_study_without_a_network_counts_as_mlp(study_file):
     result = run_sweep(["--network", "cnn", "--trials", 1], study_file, timeout=120)
     assert_one_line_error(result)
@@ -798,7 +772,7 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
         finished = [
             t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE
         ]
-        assert len(finished) in (3, 4) and sorted(on_a + on_b) == finished
+        assert sorted(on_a + on_b) == finished == [0, 1, 2]
         for machine, numbers in zip(machines, (on_a, on_b), strict=True):
             trained = sorted(p.name for p in (machine / "runs" / name).glob("trial-*"))
             assert trained == [f"trial-{n:04d}" for n in sorted(numbers)], (
@@ -814,3 +788,264 @@ def test_two_machines_share_one_postgresql_study(tmp_path):
             )
         except KeyError:
             pass
+
+
+# --- Many sweeps released at once on a fresh database -------------------------------
+
+SWARM = 4  # sweeps released at the same instant
+# A sweep as its command line runs it, but stopped at a barrier once its slow imports are
+# done: it says so on the `ready` pipe and waits for a byte on the `go` pipe, which the test
+# writes for all at once, so that they reach the database together.
+SWARM_SWEEP = """
+import os
+import runpy
+import sys
+
+ready, go = int(sys.argv[1]), int(sys.argv[2])
+sys.argv = sys.argv[3:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+import optuna  # sweep.py's slow imports, before the barrier
+import sqlalchemy
+import tutorial_atari_pong
+os.write(ready, b"r")
+os.close(ready)
+if os.read(go, 1) != b"g":
+    sys.exit("the test stopped before the release")
+os.close(go)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+MID_TRIAL = re.compile(r"^trial (\d+) episode 2:", re.M)
+
+
+def optuna_url(url):
+    """The URL as Optuna takes it here: psycopg2 for PostgreSQL, as sweep.py does."""
+    return re.sub(r"^postgresql://", "postgresql+psycopg2://", url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_storage(request, tmp_path):
+    """A database no sweep has touched: a new SQLite file, or a new schema of the
+    PostgreSQL database (tables and types of its own), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+        return
+    import psycopg2
+    import sqlalchemy
+
+    url = postgres_or_skip()
+    schema = f"swarm_{uuid.uuid4().hex[:8]}"
+    server = psycopg2.connect(url, connect_timeout=10)
+    server.autocommit = True
+    server.cursor().execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield (
+            sqlalchemy.engine.make_url(url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        server.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        server.close()
+
+
+@pytest.fixture
+def swarm():
+    """release(cwd, sweeps): a sweep for each (log, its flags), all released at once; those
+    still running at the end of the test are killed with all they started."""
+    workers = []
+
+    def release(cwd, sweeps):
+        ready_read, ready_write = os.pipe()
+        go_read, go_write = os.pipe()
+        released = []
+        try:
+            for log, args in sweeps:
+                with open(log, "w") as out:
+                    command = [sys.executable, "-c", SWARM_SWEEP, str(ready_write), str(go_read)]
+                    released.append(
+                        subprocess.Popen(
+                            [*command, str(SWEEP), *[str(a) for a in args]],
+                            cwd=cwd,
+                            env=script_env(),
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(ready_write, go_read),
+                        )
+                    )
+        finally:
+            workers.extend(released)
+            os.close(ready_write)
+            os.close(go_read)
+        try:
+            # Each closes its end once ready: a sweep that dies before is an end of file here.
+            ready = b""
+            while len(ready) < len(sweeps):
+                got = os.read(ready_read, len(sweeps))
+                assert got, "a sweep ended before the barrier:\n" + everything(
+                    [log for log, _ in sweeps]
+                )
+                ready += got
+            os.write(go_write, b"g" * len(sweeps))
+        finally:
+            os.close(ready_read)
+            os.close(go_write)
+        return released
+
+    yield release
+    for worker in workers:
+        if worker.poll() is None:
+            started = descendants(worker.pid)
+            worker.kill()
+            worker.wait()
+            left_after(started, seconds=0)
+
+
+def everything(logs):
+    return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in logs)
+
+
+def finished_swarm(workers, logs):
+    """Each sweep's exit status and the trials it started, once all have ended."""
+    return [worker.wait(timeout=900) for worker in workers], [
+        trial_lines(log.read_text()) for log in logs
+    ]
+
+
+def assert_report_reads(url, cwd, complete):
+    report = run_sweep(["--report", "--storage", url], cwd, timeout=120)
+    assert report.returncode == 0, report.describe()
+    assert report.lines[-1].startswith(
+        f"study total: {complete} finished trials ({complete} complete, 0 pruned)"
+    ), report.describe()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("round_number", range(1, 6))
+def test_sweeps_released_at_once_on_a_fresh_database_each_train_their_own_trials(
+    fresh_storage, swarm, tmp_path, round_number
+):
+    """Four sweeps, each asked to queue one setting, reach a database without tables at
+    the same instant (five rounds: without the study's lock, four rounds of five lost one
+    to three of the four to 'table ... already exists')."""
+    setting = ",".join(f"{name}={value}" for name, value in ENQUEUED.items())
+    args = ["--trials", SWARM, "--episodes", 2, "--seeds", 1, "--save-every", 2, "--enqueue"]
+    args = [*args, setting, "--storage", fresh_storage, *TINY]
+    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
+    workers = swarm(tmp_path, [(log, args) for log in logs])
+    codes, started = finished_swarm(workers, logs)
+    assert codes == [0] * SWARM, everything(logs)
+    assert all(started), "every sweep trained a trial\n" + everything(logs)
+    assert sorted(sum(started, [])) == list(range(SWARM)), (
+        "each trial trained once, and no more than --trials\n" + everything(logs)
+    )
+    assert everything(logs).count("new study pong (--network mlp)") == 1, everything(logs)
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    assert [(t.number, t.state) for t in study.get_trials()] == [
+        (n, optuna.trial.TrialState.COMPLETE) for n in range(SWARM)
+    ]
+    assert study.user_attrs["episodes"] == 2 and study.user_attrs["network"] == "mlp"
+    assert [t.params for t in study.trials].count(ENQUEUED) == 1, "queued by one sweep only"
+    assert_report_reads(fresh_storage, tmp_path, SWARM)
+
+
+@pytest.mark.e2e
+def test_two_sweeps_released_at_once_with_other_episodes_one_trains_the_other_refuses(
+    fresh_storage, swarm, tmp_path
+):
+    """The study keeps one sweep's episodes: the sweep whose episodes it keeps trains,
+    the other stops with one line before it trains anything, whichever wrote first."""
+    logs = {episodes: tmp_path / f"episodes-{episodes}.log" for episodes in (2, 3)}
+    common = ["--trials", 1, "--seeds", 1, "--save-every", 2, "--storage", fresh_storage, *TINY]
+    workers = swarm(tmp_path, [(log, ["--episodes", e, *common]) for e, log in logs.items()])
+    codes, started = finished_swarm(workers, logs.values())
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    kept = study.user_attrs["episodes"]
+    refused = 3 if kept == 2 else 2
+    assert dict(zip(logs, codes, strict=True)) == {kept: 0, refused: 2}, everything(logs.values())
+    assert dict(zip(logs, started, strict=True)) == {kept: [0], refused: []}
+    assert logs[refused].read_text().splitlines()[-1] == (
+        f"sweep.py: error: study pong trains with --episodes {kept} --seeds 1 -- "
+        f"--batch-size 1 --hidden 8; this command has --episodes {refused} --seeds 1 -- "
+        "--batch-size 1 --hidden 8: give the same, or a new --study"
+    )
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["episodes"] == kept
+    assert len(read_progress(tmp_path / "runs" / "pong" / "trial-0000" / "seed-1")) == kept
+
+
+@pytest.mark.e2e
+def test_a_sweep_killed_mid_trial_in_a_swarm_leaves_its_trial_to_the_others(
+    fresh_storage, swarm, tmp_path
+):
+    """kill -9 of one of four sweeps at its trial's first report: the three others
+    go on, and once the trial's heartbeat is --grace-period old one of them retries it
+    in its folder, resuming its run, to the end."""
+    trials, episodes = 6, 12
+    args = ["--trials", trials, "--episodes", episodes, "--seeds", 1, "--save-every", 2]
+    args = [*args, "--grace-period", 10, "--storage", fresh_storage, *TINY]
+    logs = [tmp_path / f"sweep-{n}.log" for n in range(SWARM)]
+    workers = swarm(tmp_path, [(log, args) for log in logs])
+    wait_until(
+        lambda: any(MID_TRIAL.search(log.read_text()) for log in logs), "a trial's first report"
+    )
+    victim = next(n for n, log in enumerate(logs) if MID_TRIAL.search(log.read_text()))
+    killed_trial = int(MID_TRIAL.search(logs[victim].read_text())[1])
+    runs = descendants(workers[victim].pid)
+    workers[victim].kill()
+    assert left_after(runs, seconds=15) == [], "the killed sweep's run ends"
+    codes, started = finished_swarm(workers, logs)
+    assert codes == [0 if n != victim else -signal.SIGKILL for n in range(SWARM)], everything(logs)
+    assert f"trial {killed_trial} complete" not in logs[victim].read_text()
+    assert sorted(sum(started, [])) == list(range(trials + 1)), everything(logs)
+    study = optuna.load_study(study_name="pong", storage=optuna_url(fresh_storage))
+    states = collections.Counter(t.state for t in study.get_trials())
+    assert states == {
+        optuna.trial.TrialState.COMPLETE: trials,
+        optuna.trial.TrialState.FAIL: 1,
+    }, everything(logs)
+    assert study.trials[killed_trial].state == optuna.trial.TrialState.FAIL
+    (retried,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed_trial]
+    assert retried.state == optuna.trial.TrialState.COMPLETE
+    folder = tmp_path / "runs" / "pong" / f"trial-{killed_trial:04d}"
+    assert retried.user_attrs["folder"] == folder.name
+    taken_over = re.compile(
+        rf"^trial {retried.number}: .* \(trial {killed_trial} tried again\)$", re.M
+    )
+    survivors = [log for n, log in enumerate(logs) if n != victim]
+    assert any(taken_over.search(log.read_text()) for log in survivors), everything(logs)
+    assert retried.value == pytest.approx(expected_objective(folder, episodes, 1))
+    assert "resumed from" in (folder / "seed-1" / "train.log").read_text()
+    assert_report_reads(fresh_storage, tmp_path, trials)
+
+
+def test_a_sweep_kept_from_the_study_lock_stops_with_one_line_and_touches_nothing(
+    sweep_module, fresh_storage, tmp_path
+):
+    """The lock held here (as a hung sweep would hold it), the sweep's wait cut to a
+    second in a copy of it: one line, exit 2, no table made."""
+    import sqlalchemy
+
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    line = "LOCK_WAIT_SECONDS = 300"
+    source = SWEEP.read_text()
+    assert line in source
+    (edited / "sweep.py").write_text(source.replace(line, "LOCK_WAIT_SECONDS = 1"))
+    (edited / "tutorial_atari_pong.py").symlink_to(REPO / "tutorial_atari_pong.py")
+    with sweep_module.study_lock(fresh_storage):
+        result = run_sweep(
+            ["--trials", 1, "--episodes", 2, "--seeds", 1, "--storage", fresh_storage, *TINY],
+            tmp_path,
+            sweep=edited / "sweep.py",
+        )
+    assert_one_line_error(result)
+    assert re.fullmatch(
+        r"sweep\.py: error: another sweep has held \S+, the lock of the study database "
+        r"\S+, for 1 s: is one stopped \(Ctrl-Z\) or hung\?\n",
+        result.stderr,
+    ), result.stderr
+    assert ":sweep@" not in result.stderr, "the password hidden"
+    engine = sqlalchemy.create_engine(optuna_url(fresh_storage))
+    assert sqlalchemy.inspect(engine).get_table_names() == []
+    engine.dispose()
