@@ -15,7 +15,6 @@ progress log, --plot and the play summaries are tutorial_atari_pong.py's.
     python dqn_atari_pong.py --plot models/dqn models/pretrained --against steps
 """
 
-import argparse
 import ast
 import dataclasses
 import datetime
@@ -671,20 +670,6 @@ def save(learner, path, staging):
 # --- The run: its folder, its settings, its loop ------------------------------
 
 
-def kept_settings(arrays, args, given):
-    """--resume carries on with the checkpoint's settings; a flag given with another value changes
-    its setting, said in one line."""
-    changes = []
-    for name in SETTINGS:
-        trained = arrays[f"config/{name}"].item()
-        if name not in given:
-            setattr(args, name, trained)
-        elif trained != getattr(args, name):
-            changes.append(f"{pong.flag_name(name)} {trained} -> {getattr(args, name)}")
-    if changes:
-        print("settings changed since the checkpoint: " + ", ".join(changes))
-
-
 def claim_run(args, path):
     """Lock the run's folder and tidy what a killed run left; return the checkpoint to resume
     (None for a fresh start), the staging folder of a --restart (or None) and the lock."""
@@ -786,7 +771,8 @@ def train(args, given):
     learner = log = None
     try:
         if arrays is not None:
-            kept_settings(arrays, args, given)
+            if changes := pong.resumed_settings(arrays, args, given, SETTINGS):
+                print("settings changed since the checkpoint: " + ", ".join(changes))
             check_settings(args)
             if arrays["state/steps"] >= args.steps:
                 print(f"{path} is at step {int(arrays['state/steps'])}: --steps {args.steps} done")
@@ -818,10 +804,26 @@ def train(args, given):
 # --- Watching: --play -------------------------------------------------------
 
 
+SHIPPED = os.path.join(pong.HERE, "models", "dqn-pong")  # this project's DQN runs, seed-N inside
+
+
+def own_or_shipped(args):
+    """The run --play and --plot use: yours in --model-dir, or where the default folder holds none
+    of yours yet, the one this project ships (seed 1's checkpoint, both seeds' curves), said in
+    one line."""
+    path = checkpoint_path(args)
+    own = os.path.exists(path) or os.path.exists(os.path.join(args.model_dir, "progress.csv"))
+    if own or args.model or args.model_dir != model_dir or (args.game or game) != "Pong":
+        return path
+    shipped = pong.from_here(os.path.join(SHIPPED, "seed-1", os.path.basename(path)))
+    print(f"{args.model_dir} holds no run of your own yet: using this project's, {shipped}")
+    return shipped
+
+
 def play(args):
     """--play N: the checkpoint's network plays N episodes epsilon-greedily (--play-epsilon);
     nothing is learnt or saved."""
-    path = checkpoint_path(args)
+    path = own_or_shipped(args)
     arrays = read_q_checkpoint(path, args.game)
     args.game = str(arrays["config/game"])
     input_name = str(arrays["config/input"])
@@ -866,22 +868,9 @@ def play(args):
 probability = pong.checked(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
-def make_parser(with_defaults=True):
-    """The flags, each with its default from the block at the top (with_defaults=False: a flag
-    not given is left out, which tells which flags the command line set)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog="examples:\n" + __doc__.split("\n\n")[-1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.error = lambda message: pong.fail(f"{message} (see --help)")
-
-    def flag(name, help, **options):
-        if options.get("default") not in (None, False):
-            help += " (default: %(default)s)"
-        if not with_defaults:
-            options["default"] = argparse.SUPPRESS
-        parser.add_argument(name, help=help, **options)
+def make_parser():
+    """The flags, each with its default from the block at the top, in --help's order."""
+    parser, flag = pong.parser_and_flag(__doc__)
 
     true = "store_true"
     count = pong.positive_int
@@ -981,12 +970,14 @@ def make_parser(with_defaults=True):
     )
     flag(
         "--plot",
-        "draw learning_curve.png of --model-dir's progress.csv, or of each DIR's "
-        "(DQN and policy-gradient runs alike); train nothing",
+        "draw the learning curves of --model-dir's run, or of each DIR's (a setting's folder: "
+        "its seed-N runs; DQN and policy-gradient runs alike), and print their milestones; "
+        "train nothing",
         nargs="*",
         metavar="DIR",
     )
-    flag("--against", "with --plot: the x axis", choices=("episodes", "steps"), default="episodes")
+    flag("--against", "with --plot: the x axis", choices=pong.AXES, default="episodes")
+    flag("--output", "with --plot: the figure's path (a .png)", metavar="PATH")
     return parser
 
 
@@ -1013,14 +1004,14 @@ def parse_args(argv=None):
     """The flags, checked; returns them and the names of those the command line gave."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    given = set(vars(make_parser(with_defaults=False).parse_args(argv)))
+    given = pong.given_flags(parser, argv)
     if "play" in given and "plot" in given:
         parser.error("--play and --plot are separate commands")
     if "resume" in given and "restart" in given:
         parser.error("--resume and --restart are opposites: choose one")
     command, used = "training", TRAINING_FLAGS
     if "plot" in given:
-        command, used = "--plot", {"plot", "against", "model_dir", "model", "game"}
+        command, used = "--plot", {"plot", "against", "output", "model_dir", "model", "game"}
     elif "play" in given:
         command, used = "--play", PLAY_FLAGS
     for name in sorted(given - used):
@@ -1028,6 +1019,8 @@ def parse_args(argv=None):
     for name in sorted(given & {"record_scale", "record_gif"}):
         if "record" not in given:
             parser.error(f"{pong.flag_name(name)} does nothing without --record")
+    if args.output and not args.output.lower().endswith(".png"):
+        parser.error(f"--output must name a .png file, got {args.output}")
     if args.play and "game" not in given:
         args.game = None  # the checkpoint's own
     if not args.play and not args.resume:  # a resume checks them once its settings are known
@@ -1043,6 +1036,8 @@ def main(argv=None):
     training = args.plot is None and not args.play
     try:
         if args.plot is not None:
+            if not args.plot and own_or_shipped(args) != checkpoint_path(args):
+                args.plot = [pong.from_here(SHIPPED)]
             pong.plot(args)
             return
         if args.record:

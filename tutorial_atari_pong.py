@@ -2195,12 +2195,13 @@ discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def make_parser():
-    """The flags, each with its default from the block at the top. Three groups below, each a table
-    of one statement a flag, in --help's order."""
+def parser_and_flag(doc):
+    """A parser described by a script's docstring (its first line, its last paragraph as the
+    examples) whose errors are one line, and flag(name, help, **options), which adds a flag whose
+    --help gives its default."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog="examples:\n" + __doc__.split("\n\n")[-1],
+        description=doc.split("\n")[0],
+        epilog="examples:\n" + doc.split("\n\n")[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples as written
     )
     parser.error = lambda message: fail(f"{message} (see --help)")  # one line, not a usage block
@@ -2211,6 +2212,13 @@ def make_parser():
             help += " (default: %(default)s)"
         parser.add_argument(name, help=help, **options)
 
+    return parser, flag
+
+
+def make_parser():
+    """The flags, each with its default from the block at the top. Three groups below, each a table
+    of one statement a flag, in --help's order."""
+    parser, flag = parser_and_flag(__doc__)
     training_flags(flag)
     policy_flags(flag)
     output_flags(flag)

@@ -17,17 +17,10 @@ from helpers import REPO, script_env
 
 pytestmark = pytest.mark.e2e
 
-# Pages whose commands are another issue's to make runnable as pasted, and why.
-LEFT_OUT = {
-    "docs/dqn.md": "dqn_atari_pong.py's page, written with it in issue 56: its short forms are its",
-}
-PAGES = [
-    page
-    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    if str(page.relative_to(REPO)) not in LEFT_OUT
-]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 ONE_EPISODE = "--episodes 1 --batch-size 1 --envs 1"
+DQN_SMALL = "--memory 2000 --learning-starts 500 --epsilon-steps 500"  # updates from step 500
 
 # Commands run in a shorter form: the same command with fewer episodes, trials or games.
 SHORT = {
@@ -85,6 +78,13 @@ SHORT = {
         "timeout -s TERM 3h python tutorial_atari_pong.py --game Breakout --envs 1 --seed $seed "
         "--model-dir runs/breakout/seed-$seed --learning-rate 0.00407 --decay-rate 0.988 --init "
         "he-normal --episodes 2 --batch-size 2 > runs/breakout-$seed.log &"
+    ),
+    "python dqn_atari_pong.py": f"python dqn_atari_pong.py --steps 600 {DQN_SMALL}",
+    "python dqn_atari_pong.py --resume": "python dqn_atari_pong.py --resume --steps 1200",
+    "python dqn_atari_pong.py --play 5": "python dqn_atari_pong.py --play 1",
+    "python dqn_atari_pong.py --input difference --model-dir runs/dqn-difference": (
+        f"python dqn_atari_pong.py --input difference --model-dir runs/dqn-difference --steps 600 "
+        f"{DQN_SMALL}"
     ),
     "python tutorial_atari_pong.py --play 100 --model runs/breakout/seed-1/model_breakout.npz": (
         "python tutorial_atari_pong.py --play 1 --model runs/breakout/seed-1/model_breakout.npz"

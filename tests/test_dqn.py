@@ -835,14 +835,11 @@ def tutorial_checkpoint(model_dir):
     shutil.copy(REPO / "models" / "pretrained" / CHECKPOINT_NAME, model_dir / DQN_CHECKPOINT_NAME)
 
 
+CUT_SHORT = "{checkpoint} is an .npz archive cut short: it cannot be read"
 BAD_CHECKPOINTS = {
     "play-without-checkpoint": (["--play", 1], None, "no checkpoint at {checkpoint}"),
     "resume-without-checkpoint": (["--resume"], None, "no checkpoint at {checkpoint}"),
-    "resume-truncated-checkpoint": (
-        ["--resume"],
-        "truncated",
-        "{checkpoint} is an .npz archive cut short: it cannot be read",  # issue 57's message
-    ),
+    "resume-truncated-checkpoint": (["--resume"], "truncated", CUT_SHORT),
     "play-tutorial-checkpoint": (
         ["--play", 1],
         tutorial_checkpoint,
