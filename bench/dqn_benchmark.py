@@ -25,7 +25,7 @@ memory's bytes.
 
 Prints a table, then as its last line one JSON object.
 
-    python bench/dqn_benchmark.py                             # ~4 minutes here
+    python bench/dqn_benchmark.py                             # ~6 minutes here
     python bench/dqn_benchmark.py --steps 2000 --updates 50 --rounds 1 --memory 20000   # quick
 """
 
@@ -193,10 +193,10 @@ def variant_loop(args, keras_update):
             run.play(say=lambda line: None)
         seconds = time.perf_counter() - started
         steps_played = run.steps - first
+        shares = {part: totals[part] / seconds for part in PARTS}  # before the timed updates add
+        shares["bookkeeping"] = 1 - sum(shares.values())
         updates = update_times(dqn, run, reference, args.updates)
         run.close()
-    shares = {part: totals[part] / seconds for part in PARTS}
-    shares["bookkeeping"] = 1 - sum(shares.values())
     return {
         "steps": steps_played,
         "seconds": seconds,
@@ -365,8 +365,8 @@ def print_table(rounds, result):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10000, help="agent steps per loop")
-    parser.add_argument("--updates", type=int, default=300, help="updates timed per path")
+    parser.add_argument("--steps", type=int, default=4000, help="agent steps per loop")
+    parser.add_argument("--updates", type=int, default=200, help="updates timed per path")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the loops")
     parser.add_argument("--memory", type=int, default=100000, help="the memory's transitions")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
