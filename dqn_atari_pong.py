@@ -886,7 +886,13 @@ def make_parser():
         "start afresh in a folder that holds a run (replaced at the first save)",
         action=true,
     )
-    flag("--game", "the Atari game", choices=pong.GAMES, default=game)
+    flag(
+        "--game",
+        "the Atari game; one other than Pong keeps its run in MODEL_DIR/GAME (lower case) unless "
+        "--model-dir is given",
+        choices=pong.GAMES,
+        default=game,
+    )
     flag(
         "--input",
         "stack: the last 4 grey 84x84 frames; difference: the tutorial's 80x80 difference frame",
@@ -1023,6 +1029,8 @@ def parse_args(argv=None):
         parser.error(f"--output must name a .png file, got {args.output}")
     if args.play and "game" not in given:
         args.game = None  # the checkpoint's own
+    if args.game not in (None, "Pong") and "model_dir" not in given:  # as the tutorial's runs
+        args.model_dir = os.path.join(args.model_dir, args.game.lower())
     if not args.play and not args.resume:  # a resume checks them once its settings are known
         check_settings(args)
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")

@@ -953,3 +953,15 @@ def test_a_resume_refuses_learning_starts_above_the_checkpoint_s_memory(
     assert_one_line_error(result)
     assert "--learning-starts must be at most --memory" in result.stderr
     assert fingerprint(model_dir) == before
+
+
+def test_another_game_keeps_its_run_in_its_own_folder_unless_told_where(dqn):
+    args, _ = dqn.parse_args(["--game", "Breakout"])
+    assert args.model_dir == os.path.join("models", "dqn", "breakout")
+    assert dqn.checkpoint_path(args) == os.path.join(
+        "models", "dqn", "breakout", "dqn_breakout.npz"
+    )
+    args, _ = dqn.parse_args(["--game", "Breakout", "--model-dir", "elsewhere"])
+    assert dqn.checkpoint_path(args) == os.path.join("elsewhere", "dqn_breakout.npz")
+    args, _ = dqn.parse_args([])
+    assert dqn.checkpoint_path(args) == os.path.join("models", "dqn", "dqn_pong.npz")
