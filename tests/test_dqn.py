@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import os
 import pathlib
 import random
 import re
