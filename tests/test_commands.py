@@ -86,6 +86,9 @@ SHORT = {
         f"python dqn_atari_pong.py --input difference --model-dir runs/dqn-difference --steps 600 "
         f"{DQN_SMALL}"
     ),
+    "python dqn_atari_pong.py --seed 1 --model-dir runs/dqn/seed-1": (
+        f"python dqn_atari_pong.py --seed 1 --model-dir runs/dqn/seed-1 --steps 600 {DQN_SMALL}"
+    ),
     "python tutorial_atari_pong.py --play 100 --model runs/breakout/seed-1/model_breakout.npz": (
         "python tutorial_atari_pong.py --play 1 --model runs/breakout/seed-1/model_breakout.npz"
     ),
