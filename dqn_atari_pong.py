@@ -872,20 +872,8 @@ def make_parser():
     """The flags, each with its default from the block at the top, in --help's order."""
     parser, flag = pong.parser_and_flag(__doc__)
 
-    true = "store_true"
     count = pong.positive_int
-    flag("--render", "show the game in a window (needs a display)", action=true, default=render)
-    flag(
-        "--resume",
-        "continue training from the checkpoint, at its settings",
-        action=true,
-        default=resume,
-    )
-    flag(
-        "--restart",
-        "start afresh in a folder that holds a run (replaced at the first save)",
-        action=true,
-    )
+    pong.switch_flags(flag, render, resume)
     flag(
         "--game",
         "the Atari game; one other than Pong keeps its run in MODEL_DIR/GAME (lower case) unless "

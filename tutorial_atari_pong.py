@@ -2225,22 +2225,30 @@ def make_parser():
     return parser
 
 
-def training_flags(flag):
-    """The tutorial's two switches (render, resume) and a training run's flags: where it starts,
-    how long, the update's settings."""
+def switch_flags(flag, render_value, resume_value):
+    """The tutorial's two switches, render and resume (their defaults from a defaults block), and
+    --restart: dqn_atari_pong.py's too."""
     true = "store_true"
-    flag("--render", "show the game in a window (needs a display)", action=true, default=render)
+    flag(
+        "--render", "show the game in a window (needs a display)", action=true, default=render_value
+    )
     flag(
         "--resume",
         "continue training from the checkpoint, at its settings (a flag given changes one)",
         action=true,
-        default=resume,
+        default=resume_value,
     )
     flag(
         "--restart",
         "start afresh in a folder that holds a run (replaced at the first save)",
         action=true,
     )
+
+
+def training_flags(flag):
+    """The tutorial's two switches (render, resume) and a training run's flags: where it starts,
+    how long, the update's settings."""
+    switch_flags(flag, render, resume)
     flag(
         "--episodes",
         "play this many more episodes, save and exit (default: until Ctrl-C)",
