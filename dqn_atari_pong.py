@@ -869,9 +869,18 @@ probability = pong.checked(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def make_parser():
-    """The flags, each with its default from the block at the top, in --help's order."""
+    """The flags, each with its default from the block at the top. Four groups below, each a table
+    of one statement a flag, in --help's order."""
     parser, flag = pong.parser_and_flag(__doc__)
+    game_flags(flag)
+    learning_flags(flag)
+    run_flags(flag)
+    play_flags(flag)
+    return parser
 
+
+def game_flags(flag):
+    """What is played, on which input, and for how long."""
     count = pong.positive_int
     pong.switch_flags(flag, render, resume)
     flag(
@@ -888,6 +897,11 @@ def make_parser():
         default=input_frames,
     )
     flag("--steps", "train until this many agent steps in all", type=count, default=steps)
+
+
+def learning_flags(flag):
+    """The algorithm's settings."""
+    count = pong.positive_int
     flag("--memory", "replay memory capacity, in transitions", type=count, default=memory)
     flag(
         "--learning-starts",
@@ -924,6 +938,11 @@ def make_parser():
         choices=pong.INITIALISERS,
         default=init,
     )
+
+
+def run_flags(flag):
+    """The run: its seed, its folder, its checkpoints."""
+    count = pong.positive_int
     flag(
         "--seed",
         "seeds the weights, the emulator and the exploration",
@@ -937,6 +956,11 @@ def make_parser():
     )
     flag("--model", "checkpoint file to use instead of MODEL_DIR/dqn_GAME.npz")
     flag("--save-every", "agent steps between checkpoints", type=count, default=save_every)
+
+
+def play_flags(flag):
+    """--play, --record and --plot."""
+    count = pong.positive_int
     flag(
         "--play",
         "play N episodes with the checkpoint's network, learn nothing",
@@ -972,7 +996,6 @@ def make_parser():
     )
     flag("--against", "with --plot: the x axis", choices=pong.AXES, default="episodes")
     flag("--output", "with --plot: the figure's path (a .png)", metavar="PATH")
-    return parser
 
 
 # The flags each command uses: another command refuses them rather than ignore them.
