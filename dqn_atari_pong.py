@@ -995,6 +995,12 @@ def play_flags(flag):
         metavar="DIR",
     )
     flag("--against", "with --plot: the x axis", choices=pong.AXES, default="episodes")
+    flag(
+        "--until",
+        "with --plot: each run up to X on the x axis (episodes, million agent steps or hours)",
+        type=pong.positive_float,
+        metavar="X",
+    )
     flag("--output", "with --plot: the figure's path (a .png)", metavar="PATH")
 
 
@@ -1028,7 +1034,8 @@ def parse_args(argv=None):
         parser.error("--resume and --restart are opposites: choose one")
     command, used = "training", TRAINING_FLAGS
     if "plot" in given:
-        command, used = "--plot", {"plot", "against", "output", "model_dir", "model", "game"}
+        command = "--plot"
+        used = {"plot", "against", "until", "output", "model_dir", "model", "game"}
     elif "play" in given:
         command, used = "--play", PLAY_FLAGS
     for name in sorted(given - used):

@@ -1874,11 +1874,25 @@ def progress_columns(folder):
 
 
 def folder_game(folder):
-    """The game of a model folder's run, as its checkpoint says (Pong where there is none)."""
-    for path in sorted(glob.glob(os.path.join(glob.escape(folder), "model_*.npz"))):
-        with contextlib.suppress(CheckpointError, KeyError, ValueError):
-            return checkpoint_game(load_arrays(path))
+    """The game of a model folder's run, as its checkpoint says (this script's model_GAME.npz or
+    dqn_atari_pong.py's dqn_GAME.npz; Pong where there is none)."""
+    for pattern in ("model_*.npz", "dqn_*.npz"):
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), pattern))):
+            with contextlib.suppress(CheckpointError, KeyError, ValueError):
+                return checkpoint_game(load_arrays(path))
     return "Pong"
+
+
+def up_to(folder, run, column, until):
+    """A run's columns up to the episode at which `column` (the x axis) reaches `until`: the run as
+    it stood there, so that runs of different lengths are drawn and compared over the same
+    stretch."""
+    if until is None:
+        return run
+    kept = int(np.searchsorted(run[column], until, side="right"))
+    if not kept:
+        fail(f"--until {until:g}: {folder}'s first episode ends beyond it")
+    return {name: values[:kept] if name != "game" else values for name, values in run.items()}
 
 
 def moving_mean(values, window):
@@ -2093,7 +2107,7 @@ def figure_path(args, folders):
     the line that says so."""
     common = os.path.commonpath([os.path.abspath(folder) for folder in folders])
     shipped = os.path.exists(os.path.join(common, "README.md"))
-    chosen = getattr(args, "output", None)  # dqn_atari_pong.py's --plot may have no --output
+    chosen = args.output
     if chosen or not shipped or common == os.path.join(HERE, "models"):
         output = chosen or os.path.join(common, "learning_curve.png")
         return output, f"wrote {output}"
@@ -2147,7 +2161,10 @@ def plot(args):
     where figure_path says), and for each a table of how it stood before each milestone. Returns
     the figure."""
     folders = plotted_folders(args)
-    runs = {folder: progress_columns(folder) for folder in folders}
+    column = AXES[args.against]
+    runs = {
+        folder: up_to(folder, progress_columns(folder), column, args.until) for folder in folders
+    }
     game_name = runs[folders[0]]["game"]
     if others := [folder for folder, run in runs.items() if run["game"] != game_name]:
         fail(f"--plot draws runs of one game: {folders[0]} is {game_name}'s, {others[0]} is not")
@@ -2164,7 +2181,7 @@ def plot(args):
             print_milestones(folder, run, shares[folder], window)
         else:
             print_score_milestones(folder, run, lower[folder], window)
-    figure = draw_figure(runs, lower, window, AXES[args.against])
+    figure = draw_figure(runs, lower, window, column)
     figure.savefig(output, dpi=100)
     print(written)
     return figure
@@ -2355,6 +2372,13 @@ def output_flags(flag):
         default="episodes",
     )
     flag(
+        "--until",
+        "with --plot: each run up to X on the x axis (episodes, million agent steps or hours), "
+        "its milestones as they stood there",
+        type=positive_float,
+        metavar="X",
+    )
+    flag(
         "--output",
         "with --plot: write the figure to this .png file (default: learning_curve.png in the "
         "folder of the runs drawn; for the runs this project ships, MODEL_DIR/FOLDER.png)",
@@ -2394,7 +2418,7 @@ def refuse_idle_flags(args, parser):
         parser.error("--resume and --restart are opposites: choose one")
     if "plot" in given:
         command = "--plot"
-        used = {"plot", "against", "output"}
+        used = {"plot", "against", "until", "output"}
         used |= set() if args.plot else {"model_dir", "model", "game"}
     elif "play" in given:
         command = "--play"

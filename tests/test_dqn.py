@@ -803,6 +803,7 @@ BAD_FLAGS = {
         ["--play", 2, "--steps", 100],
         "--steps does nothing with --play",
     ),
+    "until-without-plot": (["--until", 5], "--until does nothing with training"),
     "record-gif-without-record": (
         ["--play", 1, "--record-gif", 10],
         "--record-gif does nothing without --record",

@@ -745,6 +745,54 @@ def test_plot_against_hours_draws_each_run_by_its_hours_of_training(pong, tmp_pa
     assert bottom.get_xlabel() == "hours of training"
 
 
+def test_plot_until_draws_and_measures_each_run_as_it_stood_there(pong, tmp_path, capsys):
+    """--until X: every run cut at X on the x axis (900 agent steps an episode), so runs of
+    different lengths are compared over the same stretch; milestones as they stood there."""
+    write_seeds(tmp_path / "trial", [[-21, -20, -19, -18, -17], [-21, -19, -15]])
+    folders = [str(tmp_path / "trial" / f"seed-{seed}") for seed in (1, 2)]
+    argv = ["--plot", *folders, "--against", "steps", "--until", "0.003"]
+    top, _ = pong.plot(pong.parse_args(argv)).axes
+    assert {label: list(y) for label, y in top_lines(top).items()} == {
+        "trial/seed-1 (3 episodes)": [-21, -20, -19],
+        "trial/seed-2 (3 episodes)": [-21, -19, -15],
+    }
+    out = capsys.readouterr().out
+    assert f"{folders[0]}: 3 episodes in 0.00 hours of training" in out
+    argv = ["--plot", folders[0], "--until", "1"]  # --against episodes: episodes 0 and 1
+    lines = top_lines(pong.plot(pong.parse_args(argv)).axes[0])
+    assert {label: list(y) for label, y in lines.items()} == {
+        "episode reward": [-21, -20],
+        "trial (2 episodes)": [-21, -20],  # by episodes, a seed alone is named by its setting
+    }
+
+
+def test_plot_until_before_a_run_s_first_episode_or_without_plot_is_one_line(
+    pong, tmp_path, capsys
+):
+    write_seeds(tmp_path / "trial", [[-21, -20]])
+    folder = str(tmp_path / "trial" / "seed-1")
+    for argv, message in (
+        (["--plot", folder, "--against", "steps", "--until", "0.0005"], "first episode ends"),
+        (["--plot", folder, "--until", "0"], "--until: must be > 0, got 0"),
+        (["--until", "5"], "--until does nothing with training"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            pong.plot(pong.parse_args(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_plot_of_a_dqn_run_of_another_game_draws_its_score(pong, tmp_path):
+    """The game of a folder is its checkpoint's, dqn_atari_pong.py's dqn_GAME.npz too."""
+    write_seeds(tmp_path / "dqn-breakout", [[0, 2, 1]])
+    folder = tmp_path / "dqn-breakout" / "seed-1"
+    np.savez(folder / "dqn_breakout.npz", **{"config/game": np.array("Breakout")})
+    top, bottom = pong.plot(pong.parse_args(["--plot", str(folder)])).axes
+    assert top.get_ylabel() == "running mean of the score"
+    assert bottom.get_ylabel().startswith("mean score")
+
+
 def test_plot_names_seed_folders_given_inside_their_setting_by_that_folder(
     pong, tmp_path, monkeypatch
 ):
