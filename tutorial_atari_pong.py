@@ -1850,6 +1850,7 @@ def play(args):
 TUTORIAL_CLAIMS = ((15000, 20), (20000, 35))
 ALMOST_NEVER_LOSES = 30000
 MILESTONE_EVERY = 5000
+NEAR_CEILING = 18  # a running mean near the game's ceiling (+21): DQN's milestone (Dopamine's)
 STEP_MARKS = (2, 5, 10, 20, 40, 80)  # million agent steps, to compare runs whose episodes differ
 
 
@@ -1931,10 +1932,10 @@ def shares_won(run, window):
     return 100 * won / np.maximum(won + lost, 1), 100 * total(run["reward"] > 0) / window
 
 
-def crossings(run):
-    """Where the running mean first went above 0 (beating the built-in player), and where its last
-    stretch above 0 began: (first, last), episode indexes, None where there is none."""
-    above = run["running_mean"] > 0
+def crossings(run, level=0):
+    """Where the running mean first went above `level` (0: beating the built-in player), and where
+    its last stretch above it began: (first, last), episode indexes, None where there is none."""
+    above = run["running_mean"] > level
     below = np.flatnonzero(~above)
     first = int(np.argmax(above)) if above.any() else None
     last = int(below[-1]) + 1 if below.size else 0
@@ -1987,8 +1988,9 @@ def print_milestone_table(run, shares, window):
 
 
 def print_milestones(folder, run, shares, window):
-    """The shares won before each 5,000-episode mark, where the running mean crossed 0, the best
-    stretch of `window` episodes, and when the tutorial's "almost never loses" was first met."""
+    """The shares won before each 5,000-episode mark and at each of STEP_MARKS, where the running
+    mean crossed 0 and +18, the best stretches of `window`, 100 and 1,000 episodes, and when the
+    tutorial's "almost never loses" was first met."""
     points, games = shares
     stretch = plural(window, "episode")
     print(
@@ -2004,17 +2006,47 @@ def print_milestones(folder, run, shares, window):
                 f"running mean {run['running_mean'][at]:+.2f}, points won "
                 f"{points[max(at - window + 1, 0)]:.1f}% over the {stretch} before"
             )
+    print_crossings(run)
+    for length in sorted({window, 100, 1000}):
+        if length <= len(steps):
+            print_best_stretch(run, shares if length == window else shares_won(run, length), length)
+    # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
+    reached = np.flatnonzero(games >= 90)
+    where = "not yet"
+    if reached.size:
+        end = int(reached[0]) + window - 1
+        where = f"first over episodes {end - window + 1}-{end}, {after(run, end)}"
+    print(f"  90% of games won over {stretch} in a row: {where}")
 
-    def when(at):
-        return f"after {steps[at]:.1f} million agent steps and {run['hours'][at]:.2f} hours"
 
-    labels = ("running mean first above 0", "above 0 from then on")
-    for label, at in zip(labels, crossings(run), strict=True):
+def after(run, at):
+    """How long a run had trained by the end of episode `at`."""
+    return (
+        f"after {run['agent_steps'][at]:.1f} million agent steps and {run['hours'][at]:.2f} hours"
+    )
+
+
+def print_crossings(run):
+    """Where the running mean first went above 0 (beating the built-in player), where it stayed
+    above, and where it first went above NEAR_CEILING."""
+    first, last = crossings(run)
+    near_ceiling, _ = crossings(run, NEAR_CEILING)
+    for label, at in (
+        ("running mean first above 0", first),
+        ("above 0 from then on", last),
+        (f"running mean first above +{NEAR_CEILING}", near_ceiling),
+    ):
         where = "not yet"
         if at is not None:
-            where = f"episode {at}, {when(at)} ({plural(len(steps) - at, 'episode')} ago)"
+            ago = plural(len(run["episode"]) - at, "episode")
+            where = f"episode {at}, {after(run, at)} ({ago} ago)"
         print(f"  {label}: {where}")
-    rewards = moving_mean(run["reward"], window)
+
+
+def print_best_stretch(run, shares, length):
+    """The most games won, points won and the best mean reward over `length` episodes in a row."""
+    points, games = shares
+    rewards = moving_mean(run["reward"], length)
     best = []
     for name, series, form in (
         ("games won", games, "{:.1f}%"),
@@ -2022,15 +2054,8 @@ def print_milestones(folder, run, shares, window):
         ("mean reward", rewards, "{:+.2f}"),
     ):
         at = int(np.argmax(series))
-        best.append(f"{name} {form.format(series[at])} (episodes {at}-{at + window - 1})")
-    print(f"  best {stretch} in a row: " + ", ".join(best))
-    # The tutorial's "almost never loses", and how far any stretch of the run has come towards it.
-    reached = np.flatnonzero(games >= 90)
-    where = "not yet"
-    if reached.size:
-        end = int(reached[0]) + window - 1
-        where = f"first over episodes {end - window + 1}-{end}, {when(end)}"
-    print(f"  90% of games won over {stretch} in a row: {where}")
+        best.append(f"{name} {form.format(series[at])} (episodes {at}-{at + length - 1})")
+    print(f"  best {plural(length, 'episode')} in a row: " + ", ".join(best))
 
 
 SEED_STYLES = ("-", "--", ":", "-.")  # a setting's seeds: thin lines of its colour, in turn

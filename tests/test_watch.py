@@ -334,31 +334,37 @@ def test_plot_prints_shares_won_and_hours_of_training_before_each_mark(pong, tmp
     assert lines[-1] == f"wrote {run / 'learning_curve.png'}"
 
 
-def test_plot_prints_where_the_running_mean_first_went_above_0_and_where_it_stayed(
+def test_plot_prints_where_the_running_mean_first_went_above_0_and_18_and_where_it_stayed(
     pong, tmp_path, capsys
 ):
     """Each row of write_progress plays 1,000 agent steps, one second apart."""
     run = tmp_path / "run"
-    times = [f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}" for i in range(3600)]
-    means = (
-        [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600
-    )  # above 0 at 1000, for good from 2000
-    write_progress(run, means, [10] * 3600, times)
+    times = [f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(4000)]
+    means = [-1.0] * 1000 + [0.5] * 800 + [-0.1] * 200 + [0.2] * 1600 + [18.5] * 400
+    write_progress(run, means, [10] * 4000, times)  # above 0 at 1000, for good from 2000
     pong.plot(pong.parse_args(["--plot", str(run)]))
-    assert capsys.readouterr().out.splitlines()[-5:-3] == [
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith(("  running mean first", "  above"))] == [
         "  running mean first above 0: episode 1000, after 1.0 million agent steps and "
-        f"{1000 / 3600:.2f} hours (2600 episodes ago)",
+        f"{1000 / 3600:.2f} hours (3000 episodes ago)",
         "  above 0 from then on: episode 2000, after 2.0 million agent steps and "
-        f"{2000 / 3600:.2f} hours (1600 episodes ago)",
+        f"{2000 / 3600:.2f} hours (2000 episodes ago)",
+        "  running mean first above +18: episode 3600, after 3.6 million agent steps and "
+        f"{3600 / 3600:.2f} hours (400 episodes ago)",
     ]
+
+
+def best_lines(lines):
+    """--plot's lines on the best stretches of a run."""
+    return [line for line in lines if line.startswith("  best ")]
 
 
 def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_won(
     pong, tmp_path, capsys
 ):
-    """Over the window (a tenth of the run here: 100 episodes), the best shares and mean
-    reward in a row, and the first stretch with 90% of the games won: the tutorial's
-    "almost never loses"."""
+    """Over the window (a tenth of the run here: 100 episodes), and over 1,000, the best shares
+    and mean reward in a row; the first stretch of the window with 90% of the games won: the
+    tutorial's "almost never loses"."""
     run = tmp_path / "run"
     won = [
         21 if 400 <= i < 490 else 10 for i in range(1000)
@@ -369,11 +375,14 @@ def test_plot_prints_the_best_stretch_and_where_90_percent_of_games_were_first_w
     lines = capsys.readouterr().out.splitlines()
     # a game counts as won when its reward (2 * won - 21) is above 0: 90 of the 100 episodes
     # 390-489 and 400-499
-    assert lines[-3] == (
+    assert best_lines(lines) == [
         "  best 100 episodes in a row: games won 90.0% (episodes 390-489), points won "
         f"{100 * (90 * 21 + 10 * 10) / (90 * 42 + 10 * 31):.1f}% (episodes 390-489), "
-        f"mean reward {(90 * 21 + 10 * -1) / 100:+.2f} (episodes 390-489)"
-    )
+        f"mean reward {(90 * 21 + 10 * -1) / 100:+.2f} (episodes 390-489)",
+        "  best 1000 episodes in a row: games won 9.0% (episodes 0-999), points won "
+        f"{100 * (90 * 21 + 910 * 10) / (90 * 42 + 910 * 31):.1f}% (episodes 0-999), "
+        f"mean reward {(90 * 21 + 910 * -1) / 1000:+.2f} (episodes 0-999)",
+    ]
     assert lines[-2] == (
         "  90% of games won over 100 episodes in a row: first over episodes 390-489, after 0.5 "
         f"million agent steps and {489 / 3600:.2f} hours"
@@ -387,7 +396,12 @@ def test_plot_says_not_yet_while_no_stretch_won_90_percent_of_games(pong, tmp_pa
     )  # 8 of any 10 in a row won
     pong.plot(pong.parse_args(["--plot", str(run)]))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-3].startswith("  best 10 episodes in a row: games won 80.0% (episodes 0-9), ")
+    best = best_lines(lines)
+    assert [line[: line.index(":")] for line in best] == [
+        "  best 10 episodes in a row",
+        "  best 100 episodes in a row",
+    ], "the window (a tenth of the run) and 100; not 1,000, more than the run has"
+    assert best[0].startswith("  best 10 episodes in a row: games won 80.0% (episodes 0-9), ")
     assert lines[-2] == "  90% of games won over 10 episodes in a row: not yet"
 
 
