@@ -39,9 +39,7 @@ import tutorial_atari_pong as pong  # noqa: E402
 render = False  # show the game in a window (needs a display)
 resume = False  # continue from the checkpoint in model_dir
 game = "Pong"  # the Atari game: Pong or another of the paper's seven (tutorial_atari_pong.GAMES)
-input_frames = (
-    "stack"  # "stack": the paper's last 4 grey 84x84 frames; "difference": the tutorial's
-)
+input_frames = "stack"  # the paper's last 4 grey 84x84 frames, or "difference": the tutorial's
 steps = 10_000_000  # train until this many agent steps in all
 memory = 100_000  # the replay memory's capacity in transitions (one 84x84 frame each: 706 MB)
 learning_starts = 50_000  # transitions in the memory before the first update
