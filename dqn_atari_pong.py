@@ -107,6 +107,15 @@ def network_input(frames, input_name):
     return tf.transpose(values / 255.0, [0, 2, 3, 1])
 
 
+def compiled_input(input_name):
+    """network_input in one pass of XLA over a batch, where TensorFlow's graph makes three (cast,
+    scale, transpose): a fifth of the update's time, and the same numbers (both multiply by
+    1/255, where eager TensorFlow divides by 255)."""
+    return tf.function(
+        lambda frames: network_input(frames, input_name), autograph=False, jit_compile=True
+    )
+
+
 # --- The replay memory ------------------------------------------------------
 
 
@@ -262,12 +271,14 @@ def make_update_fn(online, target, optimizer_, gamma_value, input_name):
     worth (nothing after the game's end); the online network's Q-value of the action taken moves
     towards reward + gamma * that."""
 
+    floats = compiled_input(input_name)
+
     @tf.function(autograph=False)
     def update(states, actions, rewards, terminals, next_states):
-        next_values = tf.reduce_max(target(network_input(next_states, input_name)), axis=1)
+        next_values = tf.reduce_max(target(floats(next_states)), axis=1)
         targets = rewards + gamma_value * (1.0 - terminals) * next_values
         with tf.GradientTape() as tape:
-            values = online(network_input(states, input_name))
+            values = online(floats(states))
             taken = tf.gather(values, actions, batch_dims=1)
             loss = tf.reduce_mean(huber(targets - taken))
         gradients = tape.gradient(loss, online.trainable_weights)

@@ -260,6 +260,17 @@ def test_network_input_is_the_stack_as_channels_in_0_1_or_the_last_frame_minus_t
     np.testing.assert_array_equal(difference, expected[..., None])
 
 
+def test_the_update_s_compiled_input_is_network_input_to_the_bit_for_every_byte(dqn_tf):
+    """XLA makes the update's input in one pass, to the same numbers as TensorFlow's graph made
+    them: a change would make a run trained before it and one after differ."""
+    frames = np.resize(np.arange(256, dtype=np.uint8), (2, 4, 84, 84))
+    graph = dqn_tf.tf.function(dqn_tf.network_input, autograph=False)
+    for input_name, batch in (("stack", frames), ("difference", frames[:, :2, :80, :80] % 2)):
+        compiled = dqn_tf.compiled_input(input_name)(batch).numpy()
+        plain = graph(batch, input_name).numpy()
+        assert compiled.dtype == plain.dtype and compiled.tobytes() == plain.tobytes()
+
+
 def q_values(dqn, model, states, input_name):
     return model(dqn.network_input(states, input_name)).numpy().astype(np.float64)
 
