@@ -1007,14 +1007,7 @@ def play_flags(flag):
         nargs="*",
         metavar="DIR",
     )
-    flag("--against", "with --plot: the x axis", choices=pong.AXES, default="episodes")
-    flag(
-        "--until",
-        "with --plot: each run up to X on the x axis (episodes, million agent steps or hours)",
-        type=pong.positive_float,
-        metavar="X",
-    )
-    flag("--output", "with --plot: the figure's path (a .png)", metavar="PATH")
+    pong.figure_flags(flag)
 
 
 # The flags each command uses: another command refuses them rather than ignore them.
@@ -1047,8 +1040,7 @@ def parse_args(argv=None):
         parser.error("--resume and --restart are opposites: choose one")
     command, used = "training", TRAINING_FLAGS
     if "plot" in given:
-        command = "--plot"
-        used = {"plot", "against", "until", "output", "model_dir", "model", "game"}
+        command, used = "--plot", pong.PLOT_FLAGS | {"model_dir", "model", "game"}
     elif "play" in given:
         command, used = "--play", PLAY_FLAGS
     for name in sorted(given - used):
@@ -1056,8 +1048,6 @@ def parse_args(argv=None):
     for name in sorted(given & {"record_scale", "record_gif"}):
         if "record" not in given:
             parser.error(f"{pong.flag_name(name)} does nothing without --record")
-    if args.output and not args.output.lower().endswith(".png"):
-        parser.error(f"--output must name a .png file, got {args.output}")
     if args.play and "game" not in given:
         args.game = None  # the checkpoint's own
     if args.game not in (None, "Pong") and "model_dir" not in given:  # as the tutorial's runs

@@ -2235,6 +2235,7 @@ non_negative_int = checked(int, lambda v: v >= 0, ">= 0")
 positive_float = checked(float, lambda v: 0 < v < float("inf"), "> 0")
 discount = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 decay = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
+png_path = checked(str, lambda v: v.lower().endswith(".png"), "a .png file")
 
 
 def parser_and_flag(doc):
@@ -2389,6 +2390,12 @@ def output_flags(flag):
         nargs="*",
         metavar="DIR",
     )
+    figure_flags(flag)
+
+
+def figure_flags(flag):
+    """How --plot draws: the x axis, how far along it, where the figure goes. dqn_atari_pong.py's
+    too."""
     flag(
         "--against",
         "with --plot: the x axis, episodes, (agent) steps or hours of training; runs compared by "
@@ -2407,11 +2414,13 @@ def output_flags(flag):
         "--output",
         "with --plot: write the figure to this .png file (default: learning_curve.png in the "
         "folder of the runs drawn; for the runs this project ships, MODEL_DIR/FOLDER.png)",
+        type=png_path,
         metavar="PATH",
     )
 
 
 # The flags each command uses: another command refuses them rather than ignore them.
+PLOT_FLAGS = {"plot", "against", "until", "output"}  # and, without DIR, those that find the run
 PLAY_FLAGS = {"play", "render", "seed", "envs", "hidden", "model_dir", "model", "record", "game"}
 RECORDING_FLAGS = {"record_scale", "record_gif"}  # with --record, for play and training alike
 TRAINING_FLAGS = {"resume", "restart", "episodes", "batch_size", "learning_rate", "gamma"}
@@ -2443,8 +2452,7 @@ def refuse_idle_flags(args, parser):
         parser.error("--resume and --restart are opposites: choose one")
     if "plot" in given:
         command = "--plot"
-        used = {"plot", "against", "until", "output"}
-        used |= set() if args.plot else {"model_dir", "model", "game"}
+        used = PLOT_FLAGS | (set() if args.plot else {"model_dir", "model", "game"})
     elif "play" in given:
         command = "--play"
         used = PLAY_FLAGS | RECORDING_FLAGS
@@ -2489,8 +2497,6 @@ def parse_args(argv=None):
         parser.error(
             f"--hidden does nothing with --network cnn (its hidden layer has {CNN_HIDDEN})"
         )
-    if args.output and not args.output.lower().endswith(".png"):
-        parser.error(f"--output must name a .png file, got {args.output}")
     if args.play and "hidden" not in given:
         args.hidden = None  # the checkpoint's own
     if args.play and "game" not in given:
